@@ -1,0 +1,193 @@
+"""JobSpec: the single definition of a fine-tuning job's training spec.
+
+The CLI (`tuneforge train SPEC`), the REST API (`POST /v1/fine_tuning/jobs`) and the
+worker all validate through these models, so a job that cannot run is refused up front
+with a message that names the field, not failed an hour into training.
+
+Defaults follow DESIGN.md §6: nf4 + double quant, LoRA on every linear layer except
+lm_head, a LoRA-range learning rate (2e-4, not the 2e-5 of full fine-tuning), dynamic
+padding, completion-only loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = 1
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo such as `learning_rte` must not silently use a default."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def template_fields(fmt: str) -> list[str]:
+    """The column names a format string uses; refuses anything but plain `{column}`.
+
+    Attribute access (`{x.__class__}`), indexing (`{x[0]}`), conversions (`{x!r}`) and
+    format specs are rejected: a template comes from a client and must not reach into
+    Python objects.
+    """
+    names: list[str] = []
+    for _literal, field, spec, conversion in string.Formatter().parse(fmt):
+        if field is None:
+            continue
+        if field == "" or not field.replace("_", "a").replace("-", "a").isalnum():
+            raise ValueError(
+                f"template placeholder {{{field}}} is not allowed: only plain {{column}} names "
+                "(letters, digits, '_' or '-') may be used; write {{ or }} for a literal brace"
+            )
+        if conversion or spec:
+            raise ValueError(f"template placeholder {{{field}}} may not use a conversion or format spec")
+        names.append(field)
+    return names
+
+
+class TemplateSpec(_Strict):
+    """How a row becomes a conversation when it is not already `messages` or prompt/completion."""
+
+    prompt: str | None = Field(None, description='User turn, e.g. "다음 글을 요약해주세요: {document}"')
+    completion: str | None = Field(None, description='Assistant turn, e.g. "{summary}"')
+    system: str | None = Field(None, description="Optional system turn (may use {column} too)")
+    chat_template: str | None = Field(
+        None,
+        description="Name of a built-in chat template (e.g. 'llama3', 'chatml') used when the "
+        "tokenizer has none, or to override it",
+    )
+
+    @field_validator("prompt", "completion", "system")
+    @classmethod
+    def _plain_placeholders(cls, v: str | None) -> str | None:
+        if v is not None:
+            template_fields(v)
+        return v
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TemplateSpec:
+        if (self.prompt is None) != (self.completion is None):
+            raise ValueError("template.prompt and template.completion must be given together")
+        return self
+
+    def columns(self) -> list[str]:
+        cols: list[str] = []
+        for part in (self.system, self.prompt, self.completion):
+            if part:
+                cols += [c for c in template_fields(part) if c not in cols]
+        return cols
+
+
+class QuantizationSpec(_Strict):
+    bits: Literal[4, 8] | None = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU"
+    )
+
+
+class LoraSpec(_Strict):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names, or all-linear (every linear layer except lm_head)"
+    )
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class Hyperparameters(_Strict):
+    n_epochs: float = Field(3, gt=0, le=100)
+    max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    batch_size: int = Field(4, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_length: int = Field(2048, ge=8, le=131072)
+    packing: Literal["auto", True, False] = Field(
+        "auto", description="auto: pack only where attention respects sequence boundaries"
+    )
+    gradient_checkpointing: bool = False
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    completion_only_loss: bool = True
+
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _packing_words(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        return v
+
+
+RougeMetric = Literal["loss", "perplexity", "token_accuracy", "rouge"]
+
+
+class EvaluationSpec(_Strict):
+    eval_every_steps: int | None = Field(None, ge=1)
+    generation_samples: int = Field(8, ge=0, le=1000)
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    metrics: list[RougeMetric] = Field(default_factory=lambda: ["loss", "perplexity", "token_accuracy", "rouge"])
+
+
+class ResourcesSpec(_Strict):
+    gpus: int = Field(1, ge=0, le=64, description="GPUs on one host; 0 means a CPU slot")
+    min_gpu_memory_gb: float | None = Field(None, gt=0)
+
+
+DataRef = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class JobSpec(_Strict):
+    """Everything a training run needs. `hash()` identifies it for resume and reproducibility."""
+
+    model: str = Field(..., min_length=1, max_length=4096, description="Hub id or local directory")
+    revision: str | None = None
+    training_file: DataRef
+    validation_file: DataRef | None = None
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    template: TemplateSpec = Field(default_factory=TemplateSpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    trust_remote_code: bool = False
+    merge: bool = Field(False, description="Also write the adapter merged into a bf16/fp16 base")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JobSpec:
+        """Load YAML or JSON; relative data/model paths resolve against the spec's folder."""
+        import yaml  # local: yaml is only needed by the CLI path
+
+        p = Path(path)
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: a spec must be a mapping of fields, got {type(raw).__name__}")
+        for key in ("model", "training_file", "validation_file"):
+            val = raw.get(key)
+            if isinstance(val, str) and "://" not in val and not Path(val).is_absolute():
+                candidate = p.parent / val
+                if candidate.exists():
+                    raw[key] = str(candidate.resolve())
+        return cls.model_validate(raw)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """Hash of what determines the training trajectory (resume only matches the same hash)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
