@@ -16,6 +16,7 @@ from typing import Annotated
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+FILESYSTEM_BROKER = "filesystem://"  # kombu's server-less transport, used by the embedded mode
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "please-change", "tuneforge"}
 
 
@@ -27,7 +28,17 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///.tuneforge/tuneforge.db"
     broker_url: str = "redis://127.0.0.1:6379/0"
-    artifacts_url: str = "file://.tuneforge/artifacts"
+    queue: str = Field("tuneforge", description="Celery queue the API sends jobs to and workers consume")
+    result_backend: str = Field("", description="Celery result backend (dry runs); empty = the broker when it is Redis")
+    artifacts_url: str = Field("file://.tuneforge/artifacts", description="file://dir or s3://bucket/prefix")
+    # S3 / MinIO. Each is optional: unset values fall back to boto3's own chain (AWS_* env, ~/.aws, instance role).
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint the services talk to, e.g. http://minio:9000")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint written into presigned URLs when clients reach S3 by another address than the services"
+    )
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
     secret_key: str = ""
 
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL used in signed links")
@@ -41,6 +52,9 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     max_upload_rows: int = Field(5_000_000, ge=1)
+    dry_run_timeout_seconds: float = Field(
+        20.0, gt=0, description="How long POST /v1/fine_tuning/jobs/validate waits for a worker's token counts"
+    )
 
     # Runner behaviour.
     lease_seconds: int = Field(60, ge=5)
@@ -48,6 +62,45 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     worker_slots: int = Field(1, ge=1)
     work_dir: Path = Field(Path(".tuneforge/work"), description="Scratch space for running jobs")
+
+    @property
+    def result_backend_url(self) -> str | None:
+        """Where a worker's dry-run answer goes; API and worker must agree, so both read this."""
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url.startswith(FILESYSTEM_BROKER):
+            return "file://" + str(self.broker_folder / "results")
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
+
+    @property
+    def broker_folder(self) -> Path:
+        """The directory of the server-less `filesystem://[/abs/dir]` broker (embedded mode);
+        without a path it is <home>/broker."""
+        path = self.broker_url.removeprefix(FILESYSTEM_BROKER)
+        return Path(path).resolve() if path else (self.home / "broker").resolve()
+
+    @property
+    def broker_transport_options(self) -> dict:
+        """Celery `broker_transport_options` for broker_url; the API's sender and the worker
+        both take them from here, so they read and write the same queues."""
+        if not self.broker_url.startswith(FILESYSTEM_BROKER):
+            return {}
+        folder = self.broker_folder
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+
+    def ensure_broker_folders(self) -> None:
+        """The filesystem transport does not create its folders; both sides call this."""
+        for key in ("data_folder_in", "control_folder"):
+            if key in self.broker_transport_options:
+                Path(self.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+        if self.broker_url.startswith(FILESYSTEM_BROKER):
+            (self.broker_folder / "results").mkdir(parents=True, exist_ok=True)
 
     @field_validator("model_roots", "model_allowlist", mode="before")
     @classmethod

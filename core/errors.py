@@ -58,6 +58,13 @@ class Unauthorized(TuneforgeError):
     code = "invalid_api_key"
 
 
+class Forbidden(TuneforgeError):
+    """A signed download token that was tampered with or has expired."""
+
+    status_code = 403
+    code = "invalid_signature"
+
+
 class StaleAttempt(TuneforgeError):
     """A write from a runner whose attempt (fencing token) is no longer the job's current one."""
 

@@ -1,0 +1,53 @@
+"""Prometheus /metrics: request counts and latency per route, and jobs by status.
+
+Each app gets its own registry (tests build several apps in one process). Job counts are
+read from SQL at scrape time, so they are right even with several API replicas.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.models import Job
+
+
+class JobsByStatus:
+    def __init__(self, sessions: sessionmaker[Session]):
+        self.sessions = sessions
+
+    def collect(self):
+        g = GaugeMetricFamily("tuneforge_jobs", "Jobs by status", labels=["status"])
+        try:
+            with self.sessions() as session:
+                for status, n in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+                    g.add_metric([status], n)
+        except Exception:  # a scrape must not fail because the database is briefly away
+            pass
+        yield g
+
+
+def install(app: FastAPI, sessions: sessionmaker[Session]) -> None:
+    registry = CollectorRegistry()
+    requests = Counter("tuneforge_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
+    latency = Histogram("tuneforge_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+    registry.register(JobsByStatus(sessions))
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template, not the raw path: bounded label values
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,93 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel / pause / resume, dry run.
+
+Routes are thin: a service call, the commit, and only then the broker message.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, Query
+from sqlalchemy.orm import Session
+
+from api.deps import Services, current_team, get_session, services
+from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
+from core.jobrequest import JobCreateRequest
+from core.models import Team
+from core.services import jobs
+from core.states import JobStatus
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
+
+
+def _commit_and_dispatch(session: Session, svc: Services, job) -> FineTuningJob:
+    session.commit()
+    if job.status == JobStatus.QUEUED.value:
+        svc.dispatcher.run_jobs([job.id])
+    return job_object(job)
+
+
+@router.post("", response_model=FineTuningJob)
+def create(
+    body: JobCreateRequest,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
+    team: Team = Depends(current_team),
+    session: Session = Depends(get_session),
+    svc: Services = Depends(services),
+):
+    job, created = jobs.create_job(session, svc.settings, team.id, body, idempotency_key=idempotency_key)
+    if not created:
+        return job_object(job)
+    return _commit_and_dispatch(session, svc, job)
+
+
+@router.post("/validate", response_model=ValidationReport)
+def validate(
+    body: JobCreateRequest,
+    team: Team = Depends(current_team),
+    session: Session = Depends(get_session),
+    svc: Services = Depends(services),
+):
+    """Dry run: every API-side check, then a worker's token counts; nothing is queued."""
+    spec = jobs.check_request(session, svc.settings, team.id, body)
+    session.rollback()  # release the read transaction before waiting on a worker
+    counts, warning = svc.dispatcher.dry_run(spec.model_dump(mode="json"), team.id)
+    return ValidationReport(
+        valid=True, spec=spec.model_dump(mode="json"), spec_hash=spec.hash(), token_counts=counts, warnings=[warning] if warning else []
+    )
+
+
+@router.get("", response_model=ListObject[FineTuningJob])
+def list_jobs(
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
+    team: Team = Depends(current_team),
+    session: Session = Depends(get_session),
+):
+    page = jobs.list_jobs(session, team.id, after=after, limit=limit)
+    return list_of([job_object(j) for j in page.data], page.has_more)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+def retrieve(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    job = jobs.get_job(session, team.id, job_id)
+    return job_object(job, queue_position=jobs.queue_position(session, job))
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    job = jobs.cancel_job(session, team.id, job_id)
+    session.commit()
+    return job_object(job)
+
+
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
+def pause(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    job = jobs.pause_job(session, team.id, job_id)
+    session.commit()
+    return job_object(job)
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
+def resume(
+    job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session), svc: Services = Depends(services)
+):
+    return _commit_and_dispatch(session, svc, jobs.resume_job(session, team.id, job_id))

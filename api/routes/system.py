@@ -1,0 +1,40 @@
+"""Operational endpoints: worker pool, liveness, readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from api.deps import Services, current_team, get_session, services
+from api.schemas import ListObject, WorkerObject, list_of, worker_object
+from core.models import Team, Worker
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/v1/workers", response_model=ListObject[WorkerObject])
+def list_workers(_team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    rows = session.scalars(select(Worker).order_by(Worker.last_heartbeat.desc())).all()
+    return list_of([worker_object(w) for w in rows])
+
+
+@router.get("/healthz")
+def healthz():
+    """The process answers; says nothing about its dependencies (that is /readyz)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(svc: Services = Depends(services)):
+    checks = {"database": False, "broker": False}
+    try:
+        with svc.sessions() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception:
+        pass
+    checks["broker"] = svc.dispatcher.broker_reachable()
+    ok = all(checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

@@ -1,0 +1,255 @@
+"""Response bodies. Where OpenAI defines an object (file, fine_tuning.job, event,
+checkpoint, list) the fields and their types are OpenAI's, so the official SDK parses
+them; our extensions are extra fields, which the SDK keeps as attributes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker
+from core.services.jobs import event_id
+from core.spec import Hyperparameters, JobSpec
+
+T = TypeVar("T")
+_DEFAULT_LR = Hyperparameters.model_fields["learning_rate"].default
+
+
+def unix(dt: datetime | None) -> int | None:
+    return int(dt.timestamp()) if dt is not None else None
+
+
+class ListObject(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+def list_of(items: list[Any], has_more: bool = False) -> dict[str, Any]:
+    ids = [i.get("id") if isinstance(i, dict) else getattr(i, "id", None) for i in items]
+    return {"object": "list", "data": items, "has_more": has_more, "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    expires_at: int | None = None
+    # Extensions.
+    format: str
+    row_count: int
+    columns: list[str]
+    sha256: str
+
+
+def file_object(f: File) -> FileObject:
+    return FileObject(
+        id=f.id, bytes=f.bytes, created_at=unix(f.created_at), filename=f.filename, purpose=f.purpose, status=f.status,
+        format=f.format, row_count=f.row_count, columns=f.columns, sha256=f.sha256,
+    )
+
+
+class DeletedObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    status: str  # OpenAI's six, plus pausing / paused / cancelling
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    suffix: str | None
+    user_provided_suffix: str | None
+    metadata: dict[str, str] | None
+    estimated_finish: int | None
+    integrations: list[dict[str, Any]]
+    # Extensions.
+    template: dict[str, Any]
+    lora: dict[str, Any]
+    quantization: dict[str, Any]
+    evaluation: dict[str, Any]
+    resources: dict[str, Any]
+    validation_split: float
+    priority: int
+    phase: str | None
+    attempt: int
+    step: int | None
+    total_steps: int | None
+    latest_metrics: dict[str, Any] | None
+    result: dict[str, Any] | None
+    queue_position: int | None = None
+    spec_hash: str
+
+
+def _openai_hyperparameters(spec: JobSpec) -> dict[str, Any]:
+    hp = spec.hyperparameters.model_dump(mode="json")
+    n = hp["n_epochs"]
+    hp["n_epochs"] = int(n) if float(n).is_integer() else n
+    hp["learning_rate_multiplier"] = hp["learning_rate"] / _DEFAULT_LR
+    return hp
+
+
+def job_object(job: Job, *, queue_position: int | None = None) -> FineTuningJob:
+    spec = JobSpec.model_validate(job.spec)
+    hp = _openai_hyperparameters(spec)
+    err = job.error
+    return FineTuningJob(
+        id=job.id,
+        created_at=unix(job.created_at),
+        finished_at=unix(job.finished_at),
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model,
+        organization_id=job.team_id,
+        status=job.status,
+        hyperparameters=hp,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
+        result_files=[],
+        trained_tokens=job.trained_tokens,
+        error=JobError(code=str(err.get("code") or "error"), message=str(err.get("message", "")), param=err.get("param")) if err else None,
+        seed=job.seed,
+        suffix=job.suffix,
+        user_provided_suffix=job.suffix,
+        metadata=job.metadata_,
+        estimated_finish=unix(job.estimated_finish),
+        integrations=[],
+        template=spec.template.model_dump(mode="json"),
+        lora=spec.lora.model_dump(mode="json"),
+        quantization=spec.quantization.model_dump(mode="json"),
+        evaluation=spec.evaluation.model_dump(mode="json"),
+        resources=spec.resources.model_dump(mode="json"),
+        validation_split=spec.validation_split,
+        priority=job.priority,
+        phase=job.phase,
+        attempt=job.attempt,
+        step=job.step,
+        total_steps=job.total_steps,
+        latest_metrics=job.latest_metrics,
+        result=job.result,
+        queue_position=queue_position,
+        spec_hash=job.spec_hash,
+    )
+
+
+class JobEventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+
+def event_object(ev: JobEvent) -> JobEventObject:
+    return JobEventObject(id=event_id(ev), created_at=unix(ev.created_at), level=ev.level, message=ev.message, type=ev.type, data=ev.data)
+
+
+class CheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+
+
+def checkpoint_object(ck: Checkpoint, job: Job) -> CheckpointObject:
+    base = job.fine_tuned_model or f"{job.model}:{job.id}"
+    return CheckpointObject(
+        id=ck.id, created_at=unix(ck.created_at), fine_tuned_model_checkpoint=f"{base}:ckpt-step-{ck.step}",
+        fine_tuning_job_id=ck.job_id, step_number=ck.step, metrics={"step": ck.step, **(ck.metrics or {})},
+    )
+
+
+class MetricPoint(BaseModel):
+    step: int
+    created_at: int
+    values: dict[str, Any]
+
+
+class MetricSeries(BaseModel):
+    object: Literal["fine_tuning.job.metrics"] = "fine_tuning.job.metrics"
+    fine_tuning_job_id: str
+    data: list[MetricPoint]
+
+
+def metric_point(m: Metric) -> MetricPoint:
+    return MetricPoint(step=m.step, created_at=unix(m.created_at), values=m.values)
+
+
+class ArtifactObject(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+    created_at: int
+
+
+def artifact_object(a: Artifact) -> ArtifactObject:
+    return ArtifactObject(name=a.name, bytes=a.bytes, sha256=a.sha256, created_at=unix(a.created_at))
+
+
+class SignedLink(BaseModel):
+    url: str
+    expires_at: int
+
+
+class WorkerObject(BaseModel):
+    id: str
+    object: Literal["worker"] = "worker"
+    hostname: str
+    slots: int
+    gpus: int
+    gpu_name: str | None
+    gpu_memory_gb: float | None
+    running_job_ids: list[str]
+    active: bool
+    started_at: int
+    last_heartbeat: int
+
+
+def worker_object(w: Worker) -> WorkerObject:
+    return WorkerObject(
+        id=w.id, hostname=w.hostname, slots=w.slots, gpus=w.gpus, gpu_name=w.gpu_name, gpu_memory_gb=w.gpu_memory_gb,
+        running_job_ids=w.running_job_ids or [], active=w.active, started_at=unix(w.started_at), last_heartbeat=unix(w.last_heartbeat),
+    )
+
+
+class ValidationReport(BaseModel):
+    object: Literal["fine_tuning.job.validation"] = "fine_tuning.job.validation"
+    valid: bool
+    spec: dict[str, Any]
+    spec_hash: str
+    token_counts: dict[str, Any] | None
+    warnings: list[str]

@@ -1,0 +1,147 @@
+"""The body of `POST /v1/fine_tuning/jobs`: OpenAI's fields plus our extensions, and its
+mapping onto JobSpec.
+
+OpenAI clients send `hyperparameters` ({n_epochs, batch_size, learning_rate_multiplier},
+each possibly "auto") or the same under `method.supervised.hyperparameters`; the
+extensions (template, lora, quantization, ...) reuse the JobSpec models, so the API and
+the CLI accept exactly the same values. "auto" means our default, and the multiplier
+scales our default LoRA learning rate, so `learning_rate_multiplier: 2` is 4e-4, not an
+OpenAI-scale rate.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from core.errors import InvalidRequest
+from core.spec import (
+    EvaluationSpec,
+    Hyperparameters,
+    JobSpec,
+    LoraSpec,
+    QuantizationSpec,
+    ResourcesSpec,
+    TemplateSpec,
+)
+
+Auto = Literal["auto"]
+_HP_FIELDS = Hyperparameters.model_fields
+
+
+def _optional_hyperparameters() -> dict[str, Any]:
+    """Every JobSpec hyperparameter, optional and with its own constraints; OpenAI's two
+    may also be "auto". Derived from the spec so the two can never disagree."""
+    fields: dict[str, Any] = {}
+    for name, info in _HP_FIELDS.items():
+        typ: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        if name in ("n_epochs", "batch_size"):
+            typ = Auto | typ
+        fields[name] = (typ | None, None)
+    return fields
+
+
+class _HyperparametersBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = None
+
+    def to_spec_fields(self) -> dict[str, Any]:
+        """The values JobSpec.hyperparameters takes; "auto" and unset fall back to its defaults."""
+        given = {k: v for k, v in self.model_dump(exclude_unset=True).items() if v is not None and v != "auto"}
+        multiplier = given.pop("learning_rate_multiplier", None)
+        if multiplier is not None:
+            if "learning_rate" in given:
+                raise InvalidRequest(
+                    "Give either learning_rate or learning_rate_multiplier, not both",
+                    param="hyperparameters.learning_rate_multiplier",
+                )
+            given["learning_rate"] = _HP_FIELDS["learning_rate"].default * multiplier
+        if isinstance(given.get("n_epochs"), float) and given["n_epochs"].is_integer():
+            given["n_epochs"] = int(given["n_epochs"])
+        return given
+
+
+HyperparametersRequest = create_model(
+    "HyperparametersRequest",
+    __base__=_HyperparametersBase,
+    __doc__="OpenAI's three knobs (\"auto\" allowed) plus any JobSpec hyperparameter by its own name.",
+    **_optional_hyperparameters(),
+)
+
+
+class SupervisedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: HyperparametersRequest | None = None
+
+
+class MethodRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["supervised"] = Field(..., description="Only supervised fine-tuning is offered")
+    supervised: SupervisedRequest | None = None
+
+
+class JobCreateRequest(BaseModel):
+    """What a client sends. Unknown keys are refused (422 naming the key), as in JobSpec."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # OpenAI fields.
+    model: str = Field(..., min_length=1, max_length=4096)
+    training_file: str = Field(..., min_length=1, max_length=4096)
+    validation_file: str | None = Field(None, max_length=4096)
+    hyperparameters: HyperparametersRequest | None = None
+    method: MethodRequest | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+    # Extensions (sent as extra_body by the OpenAI SDK).
+    revision: str | None = None
+    validation_split: float | None = Field(None, ge=0.0, lt=1.0)
+    template: TemplateSpec | None = None
+    lora: LoraSpec | None = None
+    quantization: QuantizationSpec | None = None
+    evaluation: EvaluationSpec | None = None
+    resources: ResourcesSpec | None = None
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs earlier within a team's share")
+    trust_remote_code: bool = False
+    merge: bool = False
+
+    @model_validator(mode="after")
+    def _one_place_for_hyperparameters(self) -> JobCreateRequest:
+        sup = self.method.supervised if self.method else None
+        if self.hyperparameters is not None and sup is not None and sup.hyperparameters is not None:
+            raise ValueError("give hyperparameters either at the top level or in method.supervised, not both")
+        return self
+
+    def effective_hyperparameters(self) -> HyperparametersRequest | None:
+        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters
+
+    def to_spec(self) -> JobSpec:
+        """The JobSpec this request asks for; data references stay as given (file ids or hf://)."""
+        if self.integrations:
+            raise InvalidRequest("integrations are not supported by this server", param="integrations")
+        hp = self.effective_hyperparameters()
+        raw: dict[str, Any] = {
+            "model": self.model,
+            "training_file": self.training_file,
+            "hyperparameters": hp.to_spec_fields() if hp else {},
+            "trust_remote_code": self.trust_remote_code,
+            "merge": self.merge,
+        }
+        for name in ("validation_file", "revision", "validation_split", "suffix", "seed"):
+            if getattr(self, name) is not None:
+                raw[name] = getattr(self, name)
+        for name in ("template", "lora", "quantization", "evaluation", "resources"):
+            if getattr(self, name) is not None:
+                raw[name] = getattr(self, name).model_dump()
+        try:
+            return JobSpec.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise InvalidRequest(f"{err['msg']}", param=".".join(str(p) for p in err["loc"]) or None) from None

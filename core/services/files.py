@@ -1,0 +1,122 @@
+"""Uploaded training data: stored in the artifact store, parsed once at upload.
+
+A file is refused at upload (400 naming the line or row, 413 naming the limit) rather
+than when a job reaches a GPU; the row count, columns and format stored here let job
+creation check a template against the data without reading it again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.datafiles import SUPPORTED_SUFFIXES, DataFileError, check_messages, columns, detect_format, read_rows
+from core.errors import Conflict, InvalidRequest, NotFound, TooLarge
+from core.models import File, Job, new_id, utcnow
+from core.services.pagination import Page, paginate
+from core.states import TERMINAL
+from core.storage import _copy_hashing as copy_hashing
+
+PURPOSES = ("fine-tune",)
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def _check_rows(rows: list[dict]) -> None:
+    if detect_format(rows) == "messages":
+        for index, row in enumerate(rows):
+            check_messages(row.get("messages"), index)
+
+
+def upload_file(
+    session: Session, settings: Settings, store, team_id: str, *, filename: str, purpose: str, stream: BinaryIO
+) -> File:
+    """Store and register an upload for `team_id`; refuses files that could not train."""
+    if purpose not in PURPOSES:
+        raise InvalidRequest(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}", param="purpose")
+    name = Path(filename or "").name
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InvalidRequest(
+            f"file {name!r}: the name must end with one of {', '.join(SUPPORTED_SUFFIXES)} (it selects the parser)",
+            param="file",
+        )
+    with tempfile.TemporaryDirectory(prefix="tuneforge-upload-") as tmp:
+        local = Path(tmp) / f"upload{suffix}"
+        try:
+            with local.open("wb") as out:
+                size, sha256 = copy_hashing(stream, out, settings.max_upload_bytes)
+        except TooLarge:
+            limit = settings.max_upload_bytes
+            raise TooLarge(f"file {name!r} is larger than this server's upload limit of {_mib(limit)} ({limit} bytes)", param="file") from None
+        if size == 0:
+            raise InvalidRequest(f"file {name!r} is empty", param="file")
+        try:
+            rows = read_rows(local)
+            _check_rows(rows)
+        except DataFileError as e:
+            message = str(e).replace(str(local), name)
+            message = message if message.startswith(name) else f"{name}: {message}"
+            raise InvalidRequest(message, param="file", code="invalid_file") from None
+        if len(rows) > settings.max_upload_rows:
+            raise TooLarge(f"file {name!r} has {len(rows)} rows; this server's limit is {settings.max_upload_rows}", param="file")
+        file_id = new_id("file")
+        key = f"files/{team_id}/{file_id}{suffix}"
+        store.put_file(key, local)
+    f = File(
+        id=file_id,
+        team_id=team_id,
+        filename=name,
+        purpose=purpose,
+        bytes=size,
+        sha256=sha256,
+        storage_key=key,
+        format=FORMATS[suffix],
+        row_count=len(rows),
+        columns=columns(rows),
+        status="processed",
+    )
+    session.add(f)
+    session.flush()
+    return f
+
+
+def get_file(session: Session, team_id: str, file_id: str, *, param: str = "file_id") -> File:
+    f = session.get(File, file_id)
+    if f is None or f.team_id != team_id or f.deleted_at is not None:
+        raise NotFound(f"No file with id {file_id!r}", param=param)
+    return f
+
+
+def list_files(
+    session: Session, team_id: str, *, purpose: str | None = None, after: str | None = None, limit: int = 100, newest_first: bool = True
+) -> Page[File]:
+    stmt = select(File).where(File.team_id == team_id, File.deleted_at.is_(None))
+    if purpose:
+        stmt = stmt.where(File.purpose == purpose)
+    return paginate(session, stmt, File.id, after=after, limit=limit, newest_first=newest_first)
+
+
+def delete_file(session: Session, store, team_id: str, file_id: str) -> File:
+    """Removes the data; refused while an unfinished job still needs it."""
+    f = get_file(session, team_id, file_id)
+    user = session.scalars(
+        select(Job.id).where(
+            (Job.training_file_id == f.id) | (Job.validation_file_id == f.id),
+            Job.status.not_in([s.value for s in TERMINAL]),
+        )
+    ).first()
+    if user is not None:
+        raise Conflict(f"File {f.id} is used by job {user}, which has not finished; cancel it first", param="file_id")
+    f.deleted_at = utcnow()
+    session.flush()
+    store.delete(f.storage_key)
+    return f

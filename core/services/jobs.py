@@ -1,0 +1,320 @@
+"""Fine-tuning jobs as a team sees them: create (with every check that can be made before
+a GPU is touched), list, retrieve, cancel / pause / resume, and the read side of a run
+(events, checkpoints, metric series).
+
+Every function takes the caller's team id; another team's job answers NotFound, exactly as
+an unknown id does, so ids cannot be probed. Status changes go through set_job_status.
+Nothing here sends broker messages: the API dispatches after its commit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.datafiles import detect_format
+from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
+from core.jobrequest import JobCreateRequest
+from core.models import Checkpoint, File, Job, JobEvent, Metric, Team
+from core.services.files import get_file
+from core.services.lifecycle import lock_job, set_job_status
+from core.services.pagination import Page, paginate
+from core.spec import JobSpec, TemplateSpec, template_fields
+from core.states import JobStatus
+
+S = JobStatus
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HUB_DATA_PREFIX = "hf://"
+WAITING = (S.VALIDATING_FILES.value, S.QUEUED.value)
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def check_model(settings: Settings, model: str) -> None:
+    """A model is a hub id the deployment allows, or a directory inside a model root.
+
+    Paths are resolved (symlinks, `..`) before the root check, so a link inside a root that
+    points elsewhere is refused like the outside path itself.
+    """
+    if model.startswith(("/", "~", ".")) or "\\" in model or model.startswith("file:"):
+        path = Path(model.removeprefix("file://")).expanduser()
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            resolved = None
+        roots = [Path(r).expanduser().resolve() for r in settings.model_roots]
+        if resolved is None or not resolved.is_dir() or not any(resolved.is_relative_to(r) for r in roots):
+            raise InvalidRequest(
+                f"model {model!r} is not a directory inside an allowed model root of this server",
+                param="model",
+                code="model_not_allowed",
+            )
+        return
+    if not HUB_ID.match(model) or ".." in model:
+        raise InvalidRequest(
+            f"model {model!r} is neither a hub id like 'owner/name' nor an absolute local directory",
+            param="model",
+            code="model_not_allowed",
+        )
+    allow = settings.model_allowlist
+    if allow and not any(model == a or (a.endswith(("/", "*")) and model.startswith(a.rstrip("*"))) for a in allow):
+        raise InvalidRequest(f"model {model!r} is not in this server's model allowlist", param="model", code="model_not_allowed")
+
+
+def _check_data(session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec) -> None:
+    if ref.startswith(HUB_DATA_PREFIX):
+        if not settings.allow_hub_datasets:
+            raise InvalidRequest(f"{param}: hub datasets ({HUB_DATA_PREFIX}...) are not allowed on this server", param=param)
+        return  # columns unknown until the worker downloads it
+    f = get_file(session, team_id, ref, param=param)
+    check_template_columns(f, template)
+
+
+def check_template_columns(f: File, template: TemplateSpec) -> None:
+    """The template's {column}s must be columns of the file (checked on the stored column
+    list, not by re-reading the file). Rows already in `messages` or prompt/completion form
+    need no user/assistant template; a system template still reads the row."""
+    kind = detect_format([dict.fromkeys(f.columns)])
+    parts: list[tuple[str, str | None]] = [("template.system", template.system)]
+    if kind == "template-needed" or (kind == "prompt_completion" and template.prompt is not None):
+        if template.prompt is None:
+            raise InvalidRequest(
+                f"file {f.id} has neither 'messages' nor 'prompt'/'completion' columns (it has {f.columns}); "
+                "set template.prompt and template.completion, e.g. '{document}' and '{summary}'",
+                param="template.prompt",
+            )
+        parts = [("template.prompt", template.prompt), ("template.completion", template.completion), *parts]
+    for param, fmt in parts:
+        for col in template_fields(fmt or ""):
+            if col not in f.columns:
+                raise InvalidRequest(
+                    f"{param} uses column '{col}', which file {f.id} does not have (columns: {f.columns})",
+                    param=param,
+                    code="column_not_found",
+                )
+
+
+def check_request(session: Session, settings: Settings, team_id: str, request: JobCreateRequest) -> JobSpec:
+    """Everything the API can check without a worker; used by create and by the dry run."""
+    spec = request.to_spec()
+    check_model(settings, spec.model)
+    if spec.trust_remote_code and not settings.allow_trust_remote_code:
+        raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
+    _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template)
+    if spec.validation_file:
+        _check_data(session, settings, team_id, spec.validation_file, "validation_file", spec.template)
+    return spec
+
+
+# --- create / read ----------------------------------------------------------------------
+
+
+def get_job(session: Session, team_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.team_id != team_id:
+        raise NotFound(f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+    return job
+
+
+def _by_idempotency_key(session: Session, team_id: str, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.team_id == team_id, Job.idempotency_key == key)).one_or_none()
+
+
+def _replay(job: Job, spec: JobSpec) -> Job:
+    if job.spec_hash != spec.hash():
+        raise Conflict(
+            "This Idempotency-Key was already used for a different job request", param="Idempotency-Key", code="idempotency_key_reused"
+        )
+    return job
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    team_id: str,
+    request: JobCreateRequest,
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Returns (job, created). A retried request with the same Idempotency-Key returns the
+    first job (created=False) instead of queueing twice. Caller commits, then dispatches."""
+    spec = check_request(session, settings, team_id, request)
+    if idempotency_key:
+        existing = _by_idempotency_key(session, team_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, spec), False
+    team_quota = session.get(Team, team_id).max_queued_jobs
+    if team_quota is not None:
+        waiting = session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status.in_(WAITING)))
+        if waiting >= team_quota:
+            raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {team_quota}); wait for some to start")
+    job = Job(
+        team_id=team_id,
+        model=spec.model,
+        training_file_id=spec.training_file,
+        validation_file_id=spec.validation_file,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec.hash(),
+        suffix=spec.suffix,
+        seed=spec.seed,
+        metadata_=request.metadata,
+        idempotency_key=idempotency_key,
+        status=S.VALIDATING_FILES.value,
+        priority=request.priority,
+        gpus=spec.resources.gpus,
+        min_gpu_memory_gb=spec.resources.min_gpu_memory_gb,
+        max_attempts=settings.max_attempts,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # A concurrent retry with the same key won the insert.
+        return _replay(_by_idempotency_key(session, team_id, idempotency_key), spec), False
+    set_job_status(session, job.id, S.QUEUED, message="Files validated; job queued", job=job)
+    return job, True
+
+
+def list_jobs(session: Session, team_id: str, *, after: str | None = None, limit: int = 20) -> Page[Job]:
+    return paginate(session, select(Job).where(Job.team_id == team_id), Job.id, after=after, limit=limit)
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1-based place among queued jobs by priority then age (the scheduler may still reorder
+    across teams by fair share, so this is an estimate)."""
+    if job.status != S.QUEUED.value:
+        return None
+    ahead = session.scalar(
+        select(func.count()).where(
+            Job.status == S.QUEUED.value,
+            (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.created_at < job.created_at)),
+        )
+    )
+    return int(ahead or 0) + 1
+
+
+# --- user actions -----------------------------------------------------------------------
+
+
+def _locked(session: Session, team_id: str, job_id: str) -> Job:
+    get_job(session, team_id, job_id)
+    return lock_job(session, job_id)
+
+
+def _refuse(job: Job, action: str) -> IllegalTransition:
+    return IllegalTransition(f"Job {job.id} is {job.status} and cannot be {action}", param="fine_tuning_job_id")
+
+
+def cancel_job(session: Session, team_id: str, job_id: str) -> Job:
+    """Waiting jobs are cancelled at once; a running one is asked to stop (the runner
+    checkpoints, stops and records `cancelled`). Cancelling twice is not an error."""
+    job = _locked(session, team_id, job_id)
+    status = S(job.status)
+    if status is S.CANCELLING:
+        return job
+    if status in (S.VALIDATING_FILES, S.QUEUED, S.PAUSED):
+        return set_job_status(session, job.id, S.CANCELLED, message="Job cancelled by the user", job=job)
+    if status in (S.RUNNING, S.PAUSING):
+        return set_job_status(session, job.id, S.CANCELLING, message="Cancellation requested", job=job)
+    raise _refuse(job, "cancelled")
+
+
+def pause_job(session: Session, team_id: str, job_id: str) -> Job:
+    """A queued job is parked at once; a running one checkpoints and stops (`pausing`)."""
+    job = _locked(session, team_id, job_id)
+    status = S(job.status)
+    if status in (S.PAUSING, S.PAUSED):
+        return job
+    if status is S.QUEUED:
+        return set_job_status(session, job.id, S.PAUSED, message="Job paused by the user", job=job)
+    if status is S.RUNNING:
+        return set_job_status(session, job.id, S.PAUSING, message="Pause requested", job=job)
+    raise _refuse(job, "paused")
+
+
+def resume_job(session: Session, team_id: str, job_id: str) -> Job:
+    """paused -> queued; the caller dispatches it again after commit."""
+    job = _locked(session, team_id, job_id)
+    if job.status != S.PAUSED.value:
+        raise _refuse(job, "resumed")
+    return set_job_status(session, job.id, S.QUEUED, message="Job resumed by the user", job=job)
+
+
+# --- the run, read side -----------------------------------------------------------------
+
+EVENT_PREFIX = "ftevent-"
+
+
+def event_id(ev: JobEvent) -> str:
+    return f"{EVENT_PREFIX}{ev.id}"
+
+
+def _event_cursor(after: str | None) -> int | None:
+    if after is None:
+        return None
+    try:
+        return int(after.removeprefix(EVENT_PREFIX))
+    except ValueError:
+        raise InvalidRequest(f"after={after!r} is not an event id", param="after") from None
+
+
+def list_events(
+    session: Session, team_id: str, job_id: str, *, after: str | None = None, limit: int = 20, newest_first: bool = True
+) -> Page[JobEvent]:
+    """Newest first like OpenAI; `newest_first=False` suits a client tailing new events."""
+    get_job(session, team_id, job_id)
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    return paginate(session, stmt, JobEvent.id, after=_event_cursor(after), limit=limit, newest_first=newest_first)
+
+
+def list_checkpoints(session: Session, team_id: str, job_id: str, *, after: str | None = None, limit: int = 10) -> Page[Checkpoint]:
+    get_job(session, team_id, job_id)
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    return paginate(session, stmt, Checkpoint.id, after=after, limit=limit)
+
+
+MAX_POINTS = 10_000
+
+
+def downsample(points: list[Any], max_points: int) -> list[Any]:
+    """At most `max_points` evenly spaced points, always keeping the first and the last:
+    a chart of a run must end where the run is, not one stride before it."""
+    n = len(points)
+    if n <= max_points:
+        return points
+    if max_points == 1:
+        return [points[-1]]
+    picks = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    return [points[i] for i in picks]
+
+
+def metric_series(
+    session: Session,
+    team_id: str,
+    job_id: str,
+    *,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    max_points: int = 500,
+) -> list[Metric]:
+    if not 1 <= max_points <= MAX_POINTS:
+        raise InvalidRequest(f"max_points must be between 1 and {MAX_POINTS}", param="max_points")
+    if from_step is not None and to_step is not None and from_step > to_step:
+        raise InvalidRequest("from_step must not exceed to_step", param="from_step")
+    get_job(session, team_id, job_id)
+    stmt = select(Metric).where(Metric.job_id == job_id)
+    if from_step is not None:
+        stmt = stmt.where(Metric.step >= from_step)
+    if to_step is not None:
+        stmt = stmt.where(Metric.step <= to_step)
+    return downsample(list(session.scalars(stmt.order_by(Metric.step))), max_points)

@@ -1,0 +1,120 @@
+"""Conversation -> token ids + labels, the one place where masking is decided (DESIGN §6.1-3).
+
+- The text is rendered by the tokenizer's chat template and tokenized with
+  `add_special_tokens=False`: the template already writes BOS, so it appears exactly once.
+- Prompt pieces and assistant pieces are tokenized separately and concatenated, exactly
+  as at inference time (prompt tokens, then generated tokens), and only assistant pieces
+  get labels (completion-only loss).
+- Each assistant piece is labelled up to and including the turn terminator (e.g.
+  `<|eot_id|>`), so the model learns to stop. Labels come from which piece a token belongs
+  to, never from comparing ids with the pad token (pad may equal eos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.training.chat_templates import BUILTIN, MARKERS
+from core.training.errors import TrainingInputError
+
+IGNORE_INDEX = -100
+_SENTINEL = "\ufffaTUNEFORGE\ufffa"
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def resolve_chat_template(tokenizer, name: str | None) -> None:
+    """Install the named built-in template, or check the tokenizer has one of its own."""
+    if name is not None:
+        if name not in BUILTIN:
+            raise TrainingInputError(f"template.chat_template: unknown template {name!r}; built-ins: {sorted(BUILTIN)}")
+        vocab = tokenizer.get_vocab()
+        missing = [m for m in MARKERS[name] if m not in vocab]
+        if missing:
+            raise TrainingInputError(
+                f"template.chat_template: {name!r} needs the special tokens {missing}, which this tokenizer lacks"
+            )
+        tokenizer.chat_template = BUILTIN[name]
+    elif not getattr(tokenizer, "chat_template", None):
+        raise TrainingInputError(
+            f"template.chat_template: the model's tokenizer has no chat template; name one of {sorted(BUILTIN)}"
+        )
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked by attention_mask and labels=-100, so any id works;
+        # eos is the conventional choice and safe here because labels never look at pad ids.
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def render(tokenizer, turns: list[dict], *, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def turn_terminator(tokenizer) -> tuple[str, int]:
+    """The special token that ends an assistant turn in this chat template (`<|eot_id|>`,
+    `<|im_end|>`, or eos when the template writes eos)."""
+    text = render(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}])
+    suffix = text[text.index(_SENTINEL) + len(_SENTINEL) :]
+    special = set(tokenizer.all_special_ids)
+    for tid in tokenizer(suffix, add_special_tokens=False)["input_ids"]:
+        if tid in special:
+            return tokenizer.convert_ids_to_tokens(tid), tid
+    raise TrainingInputError(
+        "template.chat_template: the chat template ends assistant turns without a special token, "
+        "so a trained model could not learn to stop; use a template such as 'llama3' or 'chatml'"
+    )
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into (text, trainable) pieces, in order."""
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        before = render(tokenizer, turns[:i], add_generation_prompt=True)
+        after = render(tokenizer, turns[: i + 1])
+        if not before.startswith(done) or not after.startswith(before):
+            raise TrainingInputError(
+                "template.chat_template: rendering is not prefix-stable (a later turn changes earlier text), "
+                "so prompt and completion cannot be separated"
+            )
+        answer = after[len(before) :]
+        cut = answer.rfind(terminator)
+        if cut < 0:
+            raise TrainingInputError(f"template.chat_template: assistant turn {i} is not ended by {terminator}")
+        cut += len(terminator)
+        pieces += [(before[len(done) :], False), (answer[:cut], True), (answer[cut:], False)]
+        done = after
+    rest = render(tokenizer, turns)[len(done) :]
+    pieces.append((rest, False))
+    return [(t, trainable) for t, trainable in pieces if t]
+
+
+def encode(tokenizer, turns: list[dict], terminator: str, max_length: int) -> Encoded:
+    """Token ids and completion-only labels for one conversation, right-truncated to max_length."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, trainable in segments(tokenizer, turns, terminator):
+        ids = _ids(tokenizer, text)
+        input_ids += ids
+        labels += ids if trainable else [IGNORE_INDEX] * len(ids)
+    truncated = len(input_ids) > max_length
+    return Encoded(input_ids[:max_length], labels[:max_length], truncated)
+
+
+def generation_prompt_ids(tokenizer, turns: list[dict]) -> list[int]:
+    """The prompt a model sees at inference: every turn before the last assistant turn."""
+    return _ids(tokenizer, render(tokenizer, turns[:-1], add_generation_prompt=True))

@@ -1,0 +1,113 @@
+"""Model stage: pick the compute dtype for this hardware, load the base model (4-bit nf4 by
+default) through `from_pretrained` -- the same call for a hub id and a local directory --
+and wrap it with LoRA on every linear layer except lm_head (DESIGN §6.4)."""
+
+from __future__ import annotations
+
+import torch
+
+from core.spec import JobSpec
+from core.training.errors import TrainingInputError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(requested: str = "auto", on: str | None = None) -> torch.dtype:
+    """bf16 only where the GPU supports it, fp16 on older GPUs, fp32 on CPU.
+
+    An explicit request the hardware cannot honour falls back the same way rather than
+    producing NaNs or a crash mid-run.
+    """
+    on = on or device()
+    if on == "cpu":
+        return torch.float32
+    if requested == "fp32":
+        return torch.float32
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if requested in ("auto", "bf16"):
+        return torch.bfloat16 if bf16_ok else torch.float16
+    return torch.float16
+
+
+def quantization_config(spec: JobSpec, dtype: torch.dtype):
+    """BitsAndBytesConfig for the spec (None = no quantization); compute dtype = training dtype."""
+    from transformers import BitsAndBytesConfig
+
+    q = spec.quantization
+    if q.bits is None:
+        return None
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def load_tokenizer(spec: JobSpec):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TrainingInputError(f"model: cannot load the tokenizer of {spec.model!r}: {_first_line(e)}") from None
+
+
+def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=dtype)
+    qconf = quantization_config(spec, dtype) if quantized else None
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+    dev = device()
+    kwargs["device_map"] = {"": 0} if dev == "cuda" else {"": "cpu"}
+    try:
+        return AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
+    except (OSError, ValueError) as e:
+        raise TrainingInputError(f"model: cannot load {spec.model!r}: {_first_line(e)}") from None
+
+
+def lora_config(spec: JobSpec):
+    """all-linear: PEFT targets every nn.Linear / bnb Linear4bit except the output layer (lm_head)."""
+    from peft import LoraConfig
+
+    lo = spec.lora
+    return LoraConfig(
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=lo.target_modules,
+        use_dora=lo.use_dora,
+        use_rslora=lo.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(spec: JobSpec, dtype: torch.dtype):
+    """The base model, prepared for k-bit training when quantized, with a fresh LoRA adapter."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_base_model(spec, dtype)
+    gc = spec.hyperparameters.gradient_checkpointing
+    if spec.quantization.bits is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    try:
+        return get_peft_model(model, lora_config(spec))
+    except ValueError as e:
+        raise TrainingInputError(f"lora.target_modules: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

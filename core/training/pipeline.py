@@ -1,0 +1,101 @@
+"""`run()`: one job spec -> trained LoRA adapter, evaluation report and artifacts.
+
+A linear sequence of the stage functions; no DB or Celery here. Progress goes through the
+`Reporter`; `should_stop` is polled every optimizer step ("pause" writes a checkpoint first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from core.spec import JobSpec
+from core.training.reporter import NullReporter, Reporter
+
+
+@dataclass
+class RunResult:
+    status: Literal["succeeded", "paused", "cancelled"]
+    output_dir: Path
+    global_step: int
+    metrics: dict = field(default_factory=dict)
+    checkpoint: Path | None = None  # the checkpoint to resume from, when paused
+    resumed_from: Path | None = None
+
+
+def run(
+    spec: JobSpec,
+    workdir: Path,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], str | None] = lambda: None,
+    resume_from: Path | None = None,
+) -> RunResult:
+    from transformers import set_seed
+
+    from core.training import artifacts
+    from core.training.data import prepare
+    from core.training.evaluate import evaluate
+    from core.training.model import compute_dtype, device, load_model, load_tokenizer
+    from core.training.trainer import (
+        ReportingCallback,
+        build_trainer,
+        newest_checkpoint,
+        trim_metrics,
+    )
+
+    reporter = reporter or NullReporter()
+    out = Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    metrics_path = out / "metrics.jsonl"
+    set_seed(spec.seed)
+
+    reporter.phase("preparing_data")
+    tokenizer = load_tokenizer(spec)
+    data = prepare(spec, tokenizer)
+    artifacts.write_json(out / "dataset_report.json", data.report)
+    reporter.event("info", "dataset prepared", data.report)
+
+    reporter.phase("loading_model")
+    dtype = compute_dtype(spec.quantization.compute_dtype)
+    model = load_model(spec, dtype)
+    artifacts.write_spec(out, spec, data.fingerprint, {"compute_dtype": str(dtype).removeprefix("torch."),
+                                                       "device": device()})
+
+    resume = Path(resume_from) if resume_from else newest_checkpoint(checkpoints, spec.hash())
+    if resume is not None:
+        trim_metrics(metrics_path, int(resume.name.split("-")[-1]))
+        reporter.event("info", f"resuming from {resume.name}", {"checkpoint": str(resume)})
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh series
+
+    callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
+    trainer = build_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
+
+    reporter.phase("training")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    step = trainer.state.global_step
+    if callback.stop_reason == "pause":
+        ckpt = checkpoints / f"checkpoint-{step}"
+        return RunResult("paused", out, step, checkpoint=ckpt, resumed_from=resume)
+    if callback.stop_reason == "cancel":
+        return RunResult("cancelled", out, step, resumed_from=resume)
+
+    reporter.phase("evaluating")
+    report = evaluate(spec, model, tokenizer, data.eval, data.terminator[1], should_stop)
+    if should_stop() == "cancel":
+        return RunResult("cancelled", out, step, report["metrics"], resumed_from=resume)
+    report["global_step"] = step
+    if report["metrics"]:
+        reporter.metrics(step, {f"eval_{k}" if not k.startswith("eval_") else k: v
+                                for k, v in report["metrics"].items()})
+
+    reporter.phase("uploading")
+    artifacts.write_json(out / "eval_report.json", report)
+    adapter_dir = artifacts.save_adapter(out, model, tokenizer)
+    if spec.merge:
+        del trainer, model
+        artifacts.save_merged(out, spec, adapter_dir, tokenizer)
+    return RunResult("succeeded", out, step, report["metrics"], resumed_from=resume)

@@ -1,0 +1,188 @@
+"""Train stage: TRL's SFTTrainer over our pre-tokenized examples, with reporting, cooperative
+stop/pause and spec-hash-tagged checkpoints.
+
+The spec -> SFTConfig mapping is one small pure function. The trainer subclass changes one
+thing, the loss (see `batching.completion_loss`): same maths as SFT's completion-only
+loss, computed only where there are labels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from core.spec import JobSpec
+from core.training.batching import completion_loss
+from core.training.reporter import Reporter
+
+CHECKPOINT_MARKER = "tuneforge.json"
+LOGGED_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "token_accuracy", "epoch")
+
+
+def sft_config(spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool) -> SFTConfig:
+    hp, ev = spec.hyperparameters, spec.evaluation
+    on_cpu = not torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.n_epochs,
+        max_steps=hp.max_steps or -1,
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
+        # SFTConfig turns gradient checkpointing on by default; it costs ~30% more compute and
+        # is only worth it when activations do not fit, so the spec decides (default off).
+        gradient_checkpointing=hp.gradient_checkpointing,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=on_cpu,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=hp.checkpoint_every_steps or 0.2,  # a float < 1: every 20% of the run
+        save_total_limit=3,
+        eval_strategy="steps" if (has_eval and ev.eval_every_steps) else "no",
+        eval_steps=ev.eval_every_steps,
+        prediction_loss_only=True,
+        # Batches of similar length: less padding with dynamic padding (DESIGN §6.5).
+        train_sampling_strategy="group_by_length" if hp.batch_size > 1 else "random",
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},  # we tokenized and masked already
+        max_length=None,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=not on_cpu,
+    )
+
+
+class CompletionOnlySFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss projects to the vocabulary only at labelled positions."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # progress goes through the Reporter, not stdout
+        self._tf_tokens = 0
+        self._tf_correct = 0
+        self._tf_labelled = 0
+        self._tf_clock = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.accelerator.num_processes > 1 or return_outputs:
+            # Under DDP the forward must go through the wrapped module; use TRL's own path.
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss_sum, n_labelled, n_correct = completion_loss(model, inputs)
+        denominator = num_items_in_batch if num_items_in_batch is not None else n_labelled
+        loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
+        if model.training:
+            mask = inputs.get("attention_mask")
+            self._tf_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self._tf_correct += int(n_correct)
+            self._tf_labelled += int(n_labelled)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._tf_tokens:
+            now = time.perf_counter()
+            logs["tokens_per_second"] = round(self._tf_tokens / max(now - self._tf_clock, 1e-9), 2)
+            logs["token_accuracy"] = self._tf_correct / max(self._tf_labelled, 1)
+            self._tf_tokens = self._tf_correct = self._tf_labelled = 0
+            self._tf_clock = now
+        super().log(logs, start_time)
+
+
+def build_trainer(spec: JobSpec, model, tokenizer, train, evals, checkpoints_dir: Path, dtype: torch.dtype,
+                  callbacks: list[TrainerCallback] = ()) -> CompletionOnlySFTTrainer:
+    """The trainer for already-encoded examples (`data.Example`), dynamically padded."""
+    import datasets
+
+    from core.training.batching import DynamicPaddingCollator, PaddingFreeCollator, varlen_attention
+
+    packing = spec.hyperparameters.packing
+    if packing is True or (packing == "auto" and varlen_attention(model)):
+        collator = PaddingFreeCollator(tokenizer.pad_token_id)
+    else:
+        collator = DynamicPaddingCollator(tokenizer.pad_token_id, 8 if torch.cuda.is_available() else None)
+    to_ds = lambda exs: datasets.Dataset.from_list([e.as_features() for e in exs])  # noqa: E731
+    return CompletionOnlySFTTrainer(
+        model=model,
+        args=sft_config(spec, checkpoints_dir, dtype, has_eval=bool(evals)),
+        train_dataset=to_ds(train),
+        eval_dataset=to_ds(evals) if evals else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=list(callbacks),
+    )
+
+
+class ReportingCallback(TrainerCallback):
+    """Forwards logs to the reporter and metrics.jsonl, tags checkpoints, polls should_stop."""
+
+    def __init__(self, reporter: Reporter, should_stop: Callable[[], str | None], spec_hash: str, metrics_path: Path):
+        self.reporter = reporter
+        self.should_stop = should_stop
+        self.spec_hash = spec_hash
+        self.metrics_path = metrics_path
+        self.stop_reason: str | None = None
+        self.last_metrics: dict = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            values = {k: logs[k] for k in LOGGED_KEYS if k in logs}
+            values.update(step=state.global_step, total_steps=state.max_steps)
+        elif "eval_loss" in logs:
+            values = {k: v for k, v in logs.items() if k.startswith("eval_")}
+            values.update(step=state.global_step, total_steps=state.max_steps)
+        else:
+            return
+        values = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+        self.last_metrics = values
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(values) + "\n")
+        self.reporter.metrics(state.global_step, values)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        decision = self.should_stop()
+        if decision in ("pause", "cancel") and state.global_step < state.max_steps:
+            self.stop_reason = decision
+            control.should_training_stop = True
+            control.should_save = decision == "pause"  # a paused run resumes from this checkpoint
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (path / CHECKPOINT_MARKER).write_text(json.dumps({"spec_hash": self.spec_hash, "step": state.global_step}))
+        self.reporter.checkpoint(state.global_step, path, dict(self.last_metrics))
+
+
+def newest_checkpoint(checkpoints_dir: Path, spec_hash: str) -> Path | None:
+    """The highest-step checkpoint written for this exact spec (others are ignored)."""
+    found: list[tuple[int, Path]] = []
+    for d in checkpoints_dir.glob("checkpoint-*") if checkpoints_dir.is_dir() else []:
+        marker = d / CHECKPOINT_MARKER
+        try:
+            if json.loads(marker.read_text())["spec_hash"] == spec_hash:
+                found.append((int(d.name.split("-")[-1]), d))
+        except (OSError, ValueError, KeyError):
+            continue
+    return max(found)[1] if found else None
+
+
+def trim_metrics(metrics_path: Path, up_to_step: int) -> None:
+    """Drop logged steps after the checkpoint we resume from, so the series stays contiguous."""
+    if not metrics_path.exists():
+        return
+    lines = [ln for ln in metrics_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= up_to_step]
+    metrics_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")

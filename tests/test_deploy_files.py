@@ -1,0 +1,86 @@
+"""The deployment files stay in step with the code: compose is valid and sets only real settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+REQUIRED_ENV = {"TUNEFORGE_SECRET_KEY": "x" * 32, "MINIO_ROOT_PASSWORD": "y" * 16}
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (plugin) or a standalone `docker-compose` v2; None when neither runs."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for cmd in candidates:
+        if subprocess.run([*cmd, "version"], capture_output=True, check=False).returncode == 0:
+            return cmd
+    return None
+
+
+def services() -> dict[str, dict]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]  # safe_load resolves anchors and `<<` merges
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return env
+
+
+def test_compose_config_is_valid():
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("no docker compose client on this machine")
+    run = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True, text=True, check=False,
+                         env={**os.environ, **REQUIRED_ENV})
+    assert run.returncode == 0, run.stderr
+    # The signing secret is required, never defaulted: without it compose refuses to render.
+    env = {k: v for k, v in os.environ.items() if k != "TUNEFORGE_SECRET_KEY"} | {"MINIO_ROOT_PASSWORD": "y" * 16}
+    run = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env, check=False)
+    assert run.returncode != 0 and "TUNEFORGE_SECRET_KEY" in run.stderr
+
+
+def test_every_tuneforge_variable_is_a_setting():
+    fields = set(Settings.model_fields)
+    seen = set()
+    for name, service in services().items():
+        for var in env_of(service):
+            if var.startswith("TUNEFORGE_"):
+                seen.add(var)
+                assert var.removeprefix("TUNEFORGE_").lower() in fields, f"{name}: {var} is not a Settings field"
+    assert {"TUNEFORGE_DATABASE_URL", "TUNEFORGE_BROKER_URL", "TUNEFORGE_ARTIFACTS_URL", "TUNEFORGE_SECRET_KEY"} <= seen
+
+
+def test_services_share_one_configuration():
+    """api, worker and migrate must agree on where the database, broker and artifacts are."""
+    svc = services()
+    shared = ("TUNEFORGE_DATABASE_URL", "TUNEFORGE_BROKER_URL", "TUNEFORGE_ARTIFACTS_URL", "TUNEFORGE_SECRET_KEY")
+    views = {name: {k: env_of(svc[name]).get(k) for k in shared} for name in ("api", "worker", "migrate")}
+    assert views["api"] == views["worker"] == views["migrate"]
+    assert svc["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    for name in ("api", "worker"):
+        assert svc[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_gpu_image_installs_cuda_torch_before_the_project():
+    text = (ROOT / "Dockerfile.gpu").read_text()
+    torch_at = text.find("download.pytorch.org/whl/cu")
+    project_at = re.search(r"^RUN pip install \.", text, re.MULTILINE)
+    assert torch_at != -1 and project_at and torch_at < project_at.start()
+    assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["tuneforge"\]', text, re.MULTILINE)

@@ -1,0 +1,181 @@
+"""run() end to end on the tiny 4-bit model: it learns, stops at the terminator, pauses and
+resumes to the same step count, and leaves the documented artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.spec import JobSpec
+from core.training.pipeline import run
+
+PAIRS = [("사과", "빨간 과일"), ("바다", "푸른 물"), ("하늘", "높은 곳"), ("고양이", "야옹 소리"),
+         ("강아지", "멍멍 소리"), ("겨울", "추운 계절"), ("여름", "더운 계절"), ("커피", "쓴 음료")]
+
+
+class RecordingReporter:
+    def __init__(self):
+        self.phases, self.steps, self.checkpoints, self.events = [], [], [], []
+
+    def phase(self, name):
+        self.phases.append(name)
+
+    def metrics(self, step, values):
+        self.steps.append((step, values))
+
+    def checkpoint(self, step, path, metrics):
+        self.checkpoints.append((step, Path(path)))
+
+    def event(self, level, message, data=None):
+        self.events.append(message)
+
+
+@pytest.fixture(scope="module")
+def learn_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("learn") / "pairs.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"{a}의 뜻은?", "completion": b}, ensure_ascii=False) + "\n"
+                         for a, b in PAIRS), encoding="utf-8")
+    return p
+
+
+def learn_spec(model_dir, data, **hp) -> JobSpec:
+    return JobSpec(
+        model=str(model_dir), training_file=str(data), validation_file=str(data),
+        hyperparameters={"n_epochs": 40, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64,
+                         "warmup_ratio": 0.0, "lr_scheduler": "constant", **hp},
+        lora={"dropout": 0.0}, evaluation={"generation_samples": 8, "max_new_tokens": 16},
+    )
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_model_dir, learn_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("learned")
+    rep = RecordingReporter()
+    result = run(learn_spec(tiny_model_dir, learn_file), out, rep)
+    return result, rep, out
+
+
+def test_learns_prompt_to_completion_and_stops(learned):
+    result, rep, out = learned
+    assert result.status == "succeeded" and result.global_step == 80
+    assert result.metrics["exact_match"] == 1.0
+    assert result.metrics["stopped_at_terminator"] == 1.0
+    assert result.metrics["rouge1"] == 1.0 and result.metrics["token_accuracy"] == 1.0
+    losses = [v["loss"] for _, v in rep.steps if "loss" in v]
+    assert losses[-1] < losses[0]
+
+
+def test_reporter_and_artifacts(learned):
+    result, rep, out = learned
+    assert rep.phases == ["preparing_data", "loading_model", "training", "evaluating", "uploading"]
+    step_logs = [v for _, v in rep.steps if "loss" in v]
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch", "step", "total_steps"} <= set(step_logs[0])
+    assert rep.checkpoints and all((p / "tuneforge.json").exists() for _, p in rep.checkpoints[-1:])
+    adapter = out / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json"):
+        assert (adapter / name).exists(), name
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert {m.rsplit(".", 1)[-1] for m in cfg["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    from transformers import AutoTokenizer
+
+    assert "<|start_header_id|>" in AutoTokenizer.from_pretrained(adapter).chat_template
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["spec_hash"] == JobSpec.model_validate(spec["spec"]).hash()
+    assert len(spec["dataset_fingerprint"]) == 64 and spec["versions"]["trl"] and spec["seed"] == 42
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 81))
+    report = json.loads((out / "eval_report.json").read_text())
+    assert {"prompt", "reference", "prediction"} <= set(report["samples"][0])
+    ds = json.loads((out / "dataset_report.json").read_text())
+    assert ds["rows_read"] == 16 and ds["train_rows"] == 8 and ds["dropped"] == 0
+
+
+def test_quantized_lora_model_setup(tiny_model_dir, learn_file):
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    from core.training.model import compute_dtype, load_model
+
+    assert compute_dtype("auto", on="cpu") == torch.float32
+    assert compute_dtype("bf16", on="cpu") == torch.float32
+    model = load_model(learn_spec(tiny_model_dir, learn_file), torch.float32)
+    quant = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert quant and all(m.weight.quant_type == "nf4" for m in quant)
+    assert all(m.weight.quant_state.nested for m in quant)  # double quant
+    assert all(m.compute_dtype == torch.float32 for m in quant)
+    names = {n for n, _ in model.named_modules() if n.endswith("lora_A")}
+    assert not any("lm_head" in n for n in names)
+    assert any("down_proj" in n for n in names) and any("q_proj" in n for n in names)
+
+
+def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path):
+    spec = learn_spec(tiny_model_dir, learn_file, n_epochs=5, checkpoint_every_steps=4)
+    calls = {"n": 0}
+
+    def pause_after_7():
+        calls["n"] += 1
+        return "pause" if calls["n"] == 7 else None
+
+    first = run(spec, tmp_path, should_stop=pause_after_7)
+    assert first.status == "paused" and first.global_step == 7
+    assert (tmp_path / "checkpoints" / "checkpoint-7" / "tuneforge.json").exists()
+    rep = RecordingReporter()
+    second = run(spec, tmp_path, rep)
+    assert second.status == "succeeded" and second.global_step == 10
+    assert second.resumed_from.name == "checkpoint-7"
+    assert any("resuming from checkpoint-7" in e for e in rep.events)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+
+def test_checkpoint_of_another_spec_is_not_resumed(tiny_model_dir, learn_file, tmp_path):
+    from core.training.trainer import newest_checkpoint
+
+    spec = learn_spec(tiny_model_dir, learn_file, n_epochs=1)
+    assert run(spec, tmp_path, should_stop=lambda: "pause").status == "paused"
+    assert newest_checkpoint(tmp_path / "checkpoints", spec.hash()).name == "checkpoint-1"
+    other = learn_spec(tiny_model_dir, learn_file, n_epochs=1, learning_rate=1e-3)
+    assert newest_checkpoint(tmp_path / "checkpoints", other.hash()) is None
+    cancelled = run(other, tmp_path, should_stop=lambda: "cancel")
+    assert cancelled.status == "cancelled" and cancelled.global_step == 1 and cancelled.resumed_from is None
+
+
+def test_merge_writes_unquantized_model(tiny_model_dir, learn_file, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = learn_spec(tiny_model_dir, learn_file, max_steps=1).model_copy(update={"merge": True})
+    assert run(spec, tmp_path).status == "succeeded"
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not hasattr(merged.config, "quantization_config")
+    assert merged.model.layers[0].self_attn.q_proj.weight.dtype in (torch.bfloat16, torch.float16)
+
+
+def test_dry_run_reports_korean_news(tiny_model_dir, news_file):
+    from core.training.dry_run import dry_run
+
+    spec = JobSpec(model=str(tiny_model_dir), training_file=str(news_file), validation_split=0.1,
+                   template={"prompt": "다음 글을 요약해주세요: {document}", "completion": "{summary}"},
+                   hyperparameters={"max_seq_length": 2048, "batch_size": 4, "n_epochs": 2})
+    r = dry_run(spec)
+    assert r["rows_read"] == 20 and r["train_rows"] == 18 and r["validation_rows"] == 2 and r["dropped"] == 0
+    assert r["estimated_steps"] == 10
+    t = r["train_tokens"]
+    assert 0 < t["min"] <= t["median"] <= t["max"] <= 2048 and t["completion_tokens"] < t["total_tokens"]
+
+
+def test_cli_user_error_is_one_line(tmp_path, tiny_model_dir):
+    (tmp_path / "rows.jsonl").write_text('{"document": "글"}\n', encoding="utf-8")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: {tiny_model_dir}\ntraining_file: rows.jsonl\n"
+                    "template: {prompt: '{document}', completion: '{summary}'}\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "core.cli", "train", str(spec), "-o", str(tmp_path / "out")]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 2
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert err == ["error: training_file: row 0: missing column 'summary' used by the template"]
+    assert "Traceback" not in p.stderr

@@ -1,0 +1,56 @@
+"""The worker's tasks, registered under the names in core.tasks (the API sends by name)."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from celery.exceptions import Reject
+
+from core.storage import get_store
+from core.tasks import DRY_RUN, RUN_JOB
+from worker.app import WORKER_ID, app, settings
+
+# One training child per slot; the pool has one thread more so dry runs are never stuck
+# behind training. A job delivered while every slot is busy goes back to the queue.
+_slots = threading.BoundedSemaphore(settings.worker_slots)
+BUSY_BACKOFF_SECONDS = 2.0
+
+
+@app.task(name=RUN_JOB, ignore_result=True)
+def run_job(job_id: str) -> str | None:
+    from worker import runner
+
+    if not _slots.acquire(blocking=False):
+        time.sleep(BUSY_BACKOFF_SECONDS)
+        raise Reject(f"all {settings.worker_slots} slot(s) busy", requeue=True)
+    try:
+        status = runner.run_job(job_id, settings, WORKER_ID)
+    finally:
+        _slots.release()
+    if status == "queued":  # the worker is stopping: put the message back for the next one
+        raise Reject("worker stopping; job re-queued", requeue=True)
+    return status
+
+
+@app.task(name=DRY_RUN, ignore_result=False)
+def dry_run(spec: dict, team_id: str) -> dict:
+    """Token counts and the dataset report for a spec, without loading model weights.
+
+    Input problems come back as ValueError (a builtin, so the API can deserialize it
+    without importing the training package)."""
+    from core.datafiles import DataFileError
+    from core.db import get_engine
+    from core.spec import JobSpec
+    from core.training.dry_run import dry_run as count
+    from core.training.errors import TrainingInputError
+    from worker.runner import download_inputs
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-dryrun-") as tmp:
+        try:
+            local = download_inputs(get_engine(settings.database_url), get_store(settings), spec, team_id, Path(tmp), relative=False)
+            return count(JobSpec.model_validate(local))
+        except (TrainingInputError, DataFileError, ValueError) as e:
+            raise ValueError(str(e).replace(tmp + "/", "")) from None
