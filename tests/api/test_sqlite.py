@@ -75,3 +75,24 @@ def test_streamed_oversize_upload_is_refused_naming_the_limit(sqlite_stack):
     assert r.status_code == 413, r.text
     assert str(LIMIT) in r.json()["error"]["message"] and "big.jsonl" in r.json()["error"]["message"]
     assert api.upload(jsonl(NEWS_ROWS)).status_code == 200  # under the limit is fine
+
+
+def test_broker_down_not_ready_but_jobs_still_recorded(tmp_path, settings_env, model_dir):
+    """SQL is the source of truth: with the broker away the job is still accepted and
+    `queued` (the reconciler sends it later), and /readyz says 503."""
+    url = f"sqlite:///{tmp_path / 'tf.db'}"
+    upgrade_head(url)
+    engine = make_engine(url)
+    with Session(engine) as s:
+        team = create_team(s, "no-broker")
+        _, key = create_api_key(s, team.id)
+        s.commit()
+        team_id = team.id
+    port = free_port()
+    env = {**settings_env, "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/1"}
+    with run_api(env, port) as base:
+        ready = httpx.get(f"{base}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["checks"] == {"database": True, "broker": False}
+        job = Api(base, team_id, key).job(str(model_dir))
+        assert job.status_code == 200 and job.json()["status"] == "queued"
+    engine.dispose()
