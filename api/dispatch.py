@@ -24,25 +24,26 @@ _SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "int
 class Dispatcher:
     def __init__(self, settings: Settings):
         self.settings = settings
-        settings.ensure_broker_folders()
+        settings.ensure_broker_folders()  # the embedded filesystem broker does not create them
         self.celery = Celery("tuneforge-api", broker=settings.broker_url, backend=settings.result_backend_url)
         self.celery.conf.update(
-            broker_transport_options=settings.broker_transport_options,
+            broker_transport_options=settings.broker_transport_options,  # the same as the worker's
             broker_connection_retry_on_startup=False,
+            # The API must answer quickly when Redis is away; the default retries for ~20s.
+            result_backend_transport_options={"retry_policy": _SEND_RETRY},
             task_default_queue=settings.queue,
             task_serializer="json",
             result_serializer="json",
             accept_content=["json"],
         )
-        # Same transport options as the worker (the embedded filesystem broker needs its folders).
-        self.celery.conf.broker_transport_options = settings.broker_transport_options
-        settings.ensure_broker_folders()
 
     def run_jobs(self, job_ids: list[str]) -> None:
         """Call only after the commit that made these jobs `queued`."""
         for job_id in job_ids:
             try:
-                self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.queue, retry=True, retry_policy=_SEND_RETRY)
+                self.celery.send_task(
+                    RUN_JOB, args=[job_id], queue=self.settings.queue, ignore_result=True, retry=True, retry_policy=_SEND_RETRY
+                )
             except Exception:  # the reconciler re-dispatches what SQL says is queued
                 log.exception("could not send %s for job %s; leaving it to the reconciler", RUN_JOB, job_id)
 
@@ -58,12 +59,15 @@ class Dispatcher:
                 DRY_RUN, args=[spec], kwargs={"team_id": team_id}, queue=self.settings.queue, expires=timeout,
                 retry=True, retry_policy=_SEND_RETRY,
             )
+        except Exception as e:
+            log.warning("dry run not sent: %s", e)
+            return None, "the task broker is unreachable; token counts were not computed"
+        try:
             return result.get(timeout=timeout, propagate=True), None
         except CeleryTimeout:
             return None, f"no worker answered within {timeout:g}s; token counts were not computed"
         except Exception as e:
-            log.warning("dry run failed: %s", e)
-            return None, f"the worker's dry run failed: {e}"
+            return None, f"the worker's dry run failed: {str(e).strip()}"
 
     def broker_reachable(self) -> bool:
         try:

@@ -47,7 +47,7 @@ class TokenCounter:
         self.processed += batch["input_ids"].numel()
         mask = batch.get("attention_mask")  # absent for padding-free batches: every token is real
         self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        self.examples += batch["input_ids"].shape[0]
+        self.examples += len(features)
         return batch
 
 
@@ -181,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--variants", default="ours,ours_packed,common,trl,trl_no_gc")
     a = ap.parse_args()
 
@@ -188,6 +189,8 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from core.training.tiny_model import make_tiny_model
 
     print(f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "

@@ -100,8 +100,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(4096))
-    training_file_id: Mapped[str] = mapped_column(String(64))
-    validation_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    training_file_id: Mapped[str] = mapped_column(String(4096))  # a file id, or an hf:// dataset reference
+    validation_file_id: Mapped[str | None] = mapped_column(String(4096), nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # JobSpec.model_dump(mode="json")
     spec_hash: Mapped[str] = mapped_column(String(32))
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)

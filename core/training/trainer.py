@@ -56,8 +56,10 @@ def sft_config(spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eva
         eval_strategy="steps" if (has_eval and ev.eval_every_steps) else "no",
         eval_steps=ev.eval_every_steps,
         prediction_loss_only=True,
-        # Batches of similar length: less padding with dynamic padding (DESIGN §6.5).
-        train_sampling_strategy="group_by_length" if hp.batch_size > 1 else "random",
+        # Not "group_by_length": its LengthGroupedSampler draws from the global RNG when an
+        # epoch starts, so a run resumed mid-epoch sees a different order than an uninterrupted
+        # one (measured). The seeded random sampler resumes onto the same trajectory.
+        train_sampling_strategy="random",
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},  # we tokenized and masked already
         max_length=None,

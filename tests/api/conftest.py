@@ -9,9 +9,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.services import runs
+from core.models import Job
+from core.services import jobs, runs
+from core.states import ACTIVE, TERMINAL, JobStatus
 
 NEWS_ROWS = [
     {"document": "서울시는 오늘 새로운 자전거 도로를 개통했다고 밝혔다.", "summary": "서울시, 자전거 도로 개통"},
@@ -54,16 +57,40 @@ class Api:
         return self.http.post("/v1/fine_tuning/jobs", json={"model": model, **body})
 
 
-@pytest.fixture
-def api(live_api, make_team) -> Api:
-    team_id, key = make_team()
-    return Api(live_api, team_id, key)
+def finish_team_jobs(engine, team_id: str) -> None:
+    """Leave no job waiting or "running" behind in the shared stack: a worker started on
+    settings_env (same queue, same database) must not pick up this suite's jobs."""
+    with Session(engine) as s:
+        for job in s.scalars(select(Job).where(Job.team_id == team_id, Job.status.not_in([t.value for t in TERMINAL]))):
+            if job.status in ACTIVE:
+                runs.finish(s, job.id, job.attempt, JobStatus.CANCELLED, message="test teardown")
+            else:
+                jobs.cancel_job(s, team_id, job.id)
+        s.commit()
 
 
 @pytest.fixture
-def other(live_api, make_team) -> Api:
-    team_id, key = make_team()
-    return Api(live_api, team_id, key)
+def make_api(live_api, make_team, stack_engine):
+    """make_api(**team_fields) -> Api for a new team; its jobs are cancelled after the test."""
+    made: list[Api] = []
+
+    def make(**team_fields) -> Api:
+        made.append(Api(live_api, *make_team(**team_fields)))
+        return made[-1]
+
+    yield make
+    for a in made:
+        finish_team_jobs(stack_engine, a.team_id)
+
+
+@pytest.fixture
+def api(make_api) -> Api:
+    return make_api()
+
+
+@pytest.fixture
+def other(make_api) -> Api:
+    return make_api()
 
 
 def queued_messages(redis_client, queue: str) -> list[dict]:

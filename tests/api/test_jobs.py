@@ -160,11 +160,8 @@ def test_idempotency_key_returns_the_same_job(api, model_dir, messages):
     assert r.status_code == 409 and r.json()["error"]["param"] == "Idempotency-Key"
 
 
-def test_queued_job_quota(live_api, make_team, model_dir):
-    from tests.api.conftest import Api
-
-    team_id, key = make_team(max_queued_jobs=1)
-    api = Api(live_api, team_id, key)
+def test_queued_job_quota(make_api, model_dir):
+    api = make_api(max_queued_jobs=1)
     assert api.job(str(model_dir)).status_code == 200
     r = api.job(str(model_dir))
     assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"

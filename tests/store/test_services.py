@@ -86,3 +86,19 @@ class TestTemplateColumns:
         with pytest.raises(InvalidRequest) as e:
             check_template_columns(self.f(["messages"]), TemplateSpec(system="{persona}"))
         assert e.value.param == "template.system"
+
+
+class TestHubDatasets:
+    def test_allowed_hub_dataset_job_is_stored_with_its_long_reference(self, db_session, tmp_path):
+        from core.jobrequest import JobCreateRequest
+        from core.services.jobs import create_job
+
+        team = auth.create_team(db_session, "hub-team")
+        ref = "hf://datasets/" + "owner/" + "n" * 200
+        request = JobCreateRequest(model="owner/model", training_file=ref, template={"prompt": "{a}", "completion": "{b}"})
+        with pytest.raises(InvalidRequest) as e:
+            create_job(db_session, settings(), team.id, request)
+        assert e.value.param == "training_file"
+        job, created = create_job(db_session, settings(allow_hub_datasets=True), team.id, request)
+        db_session.flush()
+        assert created and job.status == "queued" and job.training_file_id == ref

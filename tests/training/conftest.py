@@ -10,6 +10,18 @@ REPO = Path(__file__).resolve().parents[2]
 NEWS = REPO / "examples" / "data" / "sci-news-sum-kr-20.jsonl"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The tiny model's matrices are too small to gain from intra-op threads, and on a shared
+    2-core box OpenMP spin-waiting under contention made the training tests ~4x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from core.training.tiny_model import make_tiny_model

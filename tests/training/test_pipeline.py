@@ -128,8 +128,14 @@ def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path)
     assert second.status == "succeeded" and second.global_step == 10
     assert second.resumed_from.name == "checkpoint-7"
     assert any("resuming from checkpoint-7" in e for e in rep.events)
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 11))
+    resumed = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in resumed] == list(range(1, 11))
+    # Same trajectory as an uninterrupted run: same data order, optimizer and scheduler state.
+    straight = tmp_path / "straight"
+    assert run(spec, straight).global_step == 10
+    reference = [json.loads(ln) for ln in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in reference], rel=1e-4)
+    assert [m["learning_rate"] for m in resumed] == pytest.approx([m["learning_rate"] for m in reference])
 
 
 def test_checkpoint_of_another_spec_is_not_resumed(tiny_model_dir, learn_file, tmp_path):
