@@ -45,7 +45,9 @@ class TokenCounter:
     def __call__(self, features):
         batch = self.collate(features)
         self.processed += batch["input_ids"].numel()
-        mask = batch.get("attention_mask")  # absent for padding-free batches: every token is real
+        mask = batch.get(
+            "attention_mask"
+        )  # absent for padding-free batches: every token is real
         self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         self.examples += len(features)
         return batch
@@ -55,10 +57,15 @@ def spec_for(model_dir: Path, steps: int, batch_size: int):
     from core.spec import JobSpec
 
     return JobSpec(
-        model=str(model_dir), training_file=str(DATA),
+        model=str(model_dir),
+        training_file=str(DATA),
         template={"prompt": PROMPT, "completion": COMPLETION},
-        hyperparameters={"max_steps": steps, "batch_size": batch_size, "max_seq_length": MAX_LEN,
-                         "checkpoint_every_steps": 10_000},
+        hyperparameters={
+            "max_steps": steps,
+            "batch_size": batch_size,
+            "max_seq_length": MAX_LEN,
+            "checkpoint_every_steps": 10_000,
+        },
         lora={"r": 16, "alpha": 32},
     )
 
@@ -88,13 +95,26 @@ def timed_train(trainer, counter) -> dict:
     trainer.add_callback(clock.callback)
     trainer.train()
     dt = time.perf_counter() - clock.t0
-    return {"seconds": dt, "examples/s": counter.examples / dt, "processed tok/s": counter.processed / dt,
-            "non-pad tok/s": counter.real / dt, "padding": 1 - counter.real / max(counter.processed, 1)}
+    return {
+        "seconds": dt,
+        "examples/s": counter.examples / dt,
+        "processed tok/s": counter.processed / dt,
+        "non-pad tok/s": counter.real / dt,
+        "padding": 1 - counter.real / max(counter.processed, 1),
+    }
 
 
 def run_ours_packed(spec, out: Path) -> dict:
-    return run_ours(spec.model_copy(update={"hyperparameters": spec.hyperparameters.model_copy(
-        update={"packing": True})}), out)
+    return run_ours(
+        spec.model_copy(
+            update={
+                "hyperparameters": spec.hyperparameters.model_copy(
+                    update={"packing": True}
+                )
+            }
+        ),
+        out,
+    )
 
 
 def run_ours(spec, out: Path) -> dict:
@@ -118,11 +138,23 @@ def common_rows(tok) -> list[dict]:
 
     out = []
     for row in read_rows(DATA):
-        text = (f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{PROMPT.format(**row)}<|eot_id|>"
-                f"<|start_header_id|>assistant<|end_header_id|>\n\n{COMPLETION.format(**row)}<|eot_id|>")
-        enc = tok(text, padding="max_length", max_length=MAX_LEN, truncation=True)  # BOS added again
-        labels = [t if t != tok.pad_token_id else -100 for t in enc["input_ids"]]  # masks by pad value
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels})
+        text = (
+            f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{PROMPT.format(**row)}<|eot_id|>"
+            f"<|start_header_id|>assistant<|end_header_id|>\n\n{COMPLETION.format(**row)}<|eot_id|>"
+        )
+        enc = tok(
+            text, padding="max_length", max_length=MAX_LEN, truncation=True
+        )  # BOS added again
+        labels = [
+            t if t != tok.pad_token_id else -100 for t in enc["input_ids"]
+        ]  # masks by pad value
+        out.append(
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "labels": labels,
+            }
+        )
     return out
 
 
@@ -138,11 +170,23 @@ def run_common(spec, out: Path) -> dict:
     model = load_model(spec, torch.float32)
     counter = TokenCounter(default_data_collator)
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=spec.hyperparameters.batch_size,
-        max_steps=spec.hyperparameters.max_steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=spec.seed,
+        output_dir=str(out),
+        per_device_train_batch_size=spec.hyperparameters.batch_size,
+        max_steps=spec.hyperparameters.max_steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        seed=spec.seed,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), data_collator=counter)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=counter,
+    )
     return timed_train(trainer, counter)
 
 
@@ -159,29 +203,56 @@ def run_trl(spec, out: Path, **overrides) -> dict:
     from core.training.model import load_model, load_tokenizer
 
     tok = load_tokenizer(spec)
-    rows = [{"prompt": [{"role": "user", "content": PROMPT.format(**r)}],
-             "completion": [{"role": "assistant", "content": COMPLETION.format(**r)}]} for r in read_rows(DATA)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": PROMPT.format(**r)}],
+            "completion": [{"role": "assistant", "content": COMPLETION.format(**r)}],
+        }
+        for r in read_rows(DATA)
+    ]
     model = load_model(spec, torch.float32)
     args = SFTConfig(
-        output_dir=str(out), per_device_train_batch_size=spec.hyperparameters.batch_size,
-        max_steps=spec.hyperparameters.max_steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True, max_length=MAX_LEN,
+        output_dir=str(out),
+        per_device_train_batch_size=spec.hyperparameters.batch_size,
+        max_steps=spec.hyperparameters.max_steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        max_length=MAX_LEN,
         **overrides,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tok,
+    )
     trainer.data_collator = counter = TokenCounter(trainer.data_collator)
     return timed_train(trainer, counter)
 
 
-VARIANTS = {"ours": run_ours, "ours_packed": run_ours_packed, "common": run_common, "trl": run_trl,
-            "trl_no_gc": run_trl_no_gc}
+VARIANTS = {
+    "ours": run_ours,
+    "ours_packed": run_ours_packed,
+    "common": run_common,
+    "trl": run_trl,
+    "trl_no_gc": run_trl_no_gc,
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's)",
+    )
     ap.add_argument("--variants", default="ours,ours_packed,common,trl,trl_no_gc")
     a = ap.parse_args()
 
@@ -193,8 +264,10 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     from core.training.tiny_model import make_tiny_model
 
-    print(f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "
-          f"steps={a.steps} batch={a.batch_size} rows={DATA.name}")
+    print(
+        f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "
+        f"steps={a.steps} batch={a.batch_size} rows={DATA.name}"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_model(Path(tmp) / "tiny4", layers=4)
@@ -203,15 +276,20 @@ def main() -> None:
             torch.manual_seed(0)
             results[name] = VARIANTS[name](spec, Path(tmp) / name)
             r = results[name]
-            print(f"{name:11s} {r['seconds']:7.1f}s  {r['examples/s']:7.2f} examples/s  "
-                  f"{r['processed tok/s']:9.0f} processed tok/s  {r['non-pad tok/s']:8.0f} non-pad tok/s  "
-                  f"padding {r['padding']:.0%}", flush=True)
+            print(
+                f"{name:11s} {r['seconds']:7.1f}s  {r['examples/s']:7.2f} examples/s  "
+                f"{r['processed tok/s']:9.0f} processed tok/s  {r['non-pad tok/s']:8.0f} non-pad tok/s  "
+                f"padding {r['padding']:.0%}",
+                flush=True,
+            )
     if "common" in results:
         base = results["common"]
         for name, r in results.items():
             if name != "common":
-                print(f"{name}/common: examples/s x{r['examples/s'] / base['examples/s']:.2f}, "
-                      f"non-pad tok/s x{r['non-pad tok/s'] / base['non-pad tok/s']:.2f}")
+                print(
+                    f"{name}/common: examples/s x{r['examples/s'] / base['examples/s']:.2f}, "
+                    f"non-pad tok/s x{r['non-pad tok/s'] / base['non-pad tok/s']:.2f}"
+                )
 
 
 if __name__ == "__main__":

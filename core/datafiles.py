@@ -54,9 +54,13 @@ def read_jsonl_text(text: str, name: str = "<data>") -> list[dict[str, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataFileError(f"{name}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})") from None
+            raise DataFileError(
+                f"{name}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+            ) from None
         if not isinstance(obj, dict):
-            raise DataFileError(f"{name}: line {lineno} is a JSON {type(obj).__name__}, expected an object")
+            raise DataFileError(
+                f"{name}: line {lineno} is a JSON {type(obj).__name__}, expected an object"
+            )
         rows.append(obj)
     if not rows:
         raise DataFileError(f"{name}: the file has no rows")
@@ -85,11 +89,12 @@ def read_csv_text(text: str, name: str = "<data>") -> list[dict[str, Any]]:
 
 
 def _read_parquet(p: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq  # local: only Parquet needs it
+    import pyarrow as pa  # local: only Parquet needs it
+    import pyarrow.parquet as pq
 
     try:
         rows = pq.read_table(p).to_pylist()
-    except Exception as e:  # pyarrow raises several types for a corrupt file
+    except (OSError, ValueError, pa.ArrowException) as e:
         raise DataFileError(f"{p}: not a readable Parquet file ({e})") from None
     if not rows:
         raise DataFileError(f"{p}: the file has no rows")
@@ -114,18 +119,26 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
 def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
     """A `messages` value as a list of {role, content}; ends with an assistant turn."""
     if not isinstance(messages, list) or not messages:
-        raise DataFileError(f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects")
+        raise DataFileError(
+            f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects"
+        )
     out: list[dict[str, str]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataFileError(f"row {index}: messages[{i}] must be an object with 'role' and 'content'")
+            raise DataFileError(
+                f"row {index}: messages[{i}] must be an object with 'role' and 'content'"
+            )
         if m["role"] not in _ROLES:
-            raise DataFileError(f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}")
+            raise DataFileError(
+                f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}"
+            )
         if not isinstance(m["content"], str):
             raise DataFileError(f"row {index}: messages[{i}].content must be a string")
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "assistant":
-        raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
+        raise DataFileError(
+            f"row {index}: the last message must be the assistant's (the completion to learn)"
+        )
     return out
 
 

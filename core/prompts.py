@@ -23,24 +23,32 @@ class TemplateError(DataFileError):
 
 def fill(fmt: str, row: dict[str, Any], index: int) -> str:
     """`fmt` with each `{column}` replaced by the row's value; `{{`/`}}` are literal braces."""
-    template_fields(fmt)  # refuses anything but plain names, even if the spec was built without validation
+    template_fields(
+        fmt
+    )  # refuses anything but plain names, even if the spec was built without validation
     parts: list[str] = []
     for literal, field, _spec, _conv in string.Formatter().parse(fmt):
         parts.append(literal)
         if field is None:
             continue
         if field not in row:
-            raise TemplateError(f"row {index}: missing column '{field}' used by the template")
+            raise TemplateError(
+                f"row {index}: missing column '{field}' used by the template"
+            )
         value = row[field]
         if value is None:
             raise TemplateError(f"row {index}: column '{field}' is empty (null)")
         if isinstance(value, (dict, list)):
-            raise TemplateError(f"row {index}: column '{field}' is a {type(value).__name__}, expected text")
+            raise TemplateError(
+                f"row {index}: column '{field}' is a {type(value).__name__}, expected text"
+            )
         parts.append(str(value))
     return "".join(parts)
 
 
-def render_row(row: dict[str, Any], template: TemplateSpec | None, index: int) -> list[Message]:
+def render_row(
+    row: dict[str, Any], template: TemplateSpec | None, index: int
+) -> list[Message]:
     """The row as chat turns, ending with the assistant turn that is trained on.
 
     Rows already in chat form (`messages`) or with `prompt`/`completion` columns are used as
@@ -67,12 +75,16 @@ def render_row(row: dict[str, Any], template: TemplateSpec | None, index: int) -
             {"role": "assistant", "content": fill(template.completion, row, index)},
         ]
     if template.system and turns[0]["role"] != "system":
-        turns.insert(0, {"role": "system", "content": fill(template.system, row, index)})
+        turns.insert(
+            0, {"role": "system", "content": fill(template.system, row, index)}
+        )
     return turns
 
 
 def _text(row: dict[str, Any], column: str, index: int) -> str:
     value = row.get(column)
     if not isinstance(value, str):
-        raise TemplateError(f"row {index}: column '{column}' must be text, got {type(value).__name__}")
+        raise TemplateError(
+            f"row {index}: column '{column}' must be text, got {type(value).__name__}"
+        )
     return value

@@ -31,9 +31,11 @@ def jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
-def hyperparameters(max_steps: int, every: int = 2) -> dict:
+def hyperparameters(max_steps: int, every: int = 2, accumulate: int = 1) -> dict:
+    """`accumulate` > 1 makes each step slower (more micro-batches), which gives a pause or
+    a worker stop a wide window to land in mid-training."""
     return {"n_epochs": 100, "max_steps": max_steps, "batch_size": 2, "max_seq_length": 384,
-            "checkpoint_every_steps": every, "warmup_ratio": 0.0}
+            "checkpoint_every_steps": every, "warmup_ratio": 0.0, "gradient_accumulation_steps": accumulate}
 
 
 EVALUATION = {"generation_samples": 1, "max_new_tokens": 4}

@@ -178,7 +178,8 @@ class JobRun:
             log.exception("job %s attempt %s failed in the runner", self.job_id, self.attempt)
             self._kill("error")
             try:
-                self._write(runs.finish, S.FAILED, {"code": "runner_error", "message": f"{type(e).__name__}: {e}", "param": None})
+                code, text = ("file_not_found", str(e)) if isinstance(e, InputMissing) else ("runner_error", f"{type(e).__name__}: {e}")
+                self._write(runs.finish, S.FAILED, {"code": code, "message": text, "param": None})
             except (StaleAttempt, IllegalTransition):
                 pass
             if not isinstance(e, Exception):

@@ -14,7 +14,17 @@ from pathlib import Path
 
 from core.spec import JobSpec
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers", "tuneforge")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "tuneforge",
+)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -28,7 +38,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def write_json(path: Path, data) -> Path:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -61,7 +74,11 @@ def save_merged(out: Path, spec: JobSpec, adapter_dir: Path, tokenizer) -> Path:
 
     from core.training.model import device, load_base_model
 
-    dtype = torch.bfloat16 if device() == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    dtype = (
+        torch.bfloat16
+        if device() == "cpu" or torch.cuda.is_bf16_supported()
+        else torch.float16
+    )
     base = load_base_model(spec, dtype, quantized=False)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     target = out / "merged"

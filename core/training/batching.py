@@ -41,7 +41,11 @@ class DynamicPaddingCollator:
             input_ids[i, :k] = torch.as_tensor(f["input_ids"])
             labels[i, :k] = torch.as_tensor(f["labels"])
             attention_mask[i, :k] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+        }
 
 
 @dataclass
@@ -63,8 +67,12 @@ class PaddingFreeCollator:
             ids += f["input_ids"]
             labels += [IGNORE_INDEX] + list(f["labels"][1:])
             positions += range(n)
-        as_row = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731
-        return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(positions)}
+        as_row = lambda xs: torch.tensor([xs], dtype=torch.long)
+        return {
+            "input_ids": as_row(ids),
+            "labels": as_row(labels),
+            "position_ids": as_row(positions),
+        }
 
 
 def varlen_attention(model) -> bool:
@@ -77,11 +85,19 @@ def supports_selective_head(model) -> bool:
     """True when logits are plainly lm_head(hidden) (no softcapping or logit scaling)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config
-    scaled = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0)
-    return not scaled and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
+    scaled = getattr(cfg, "final_logit_softcapping", None) or getattr(
+        cfg, "logit_scale", None
+    ) not in (None, 1, 1.0)
+    return (
+        not scaled
+        and hasattr(base, "get_decoder")
+        and base.get_output_embeddings() is not None
+    )
 
 
-def completion_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def completion_loss(
+    model, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of token losses, number of labelled tokens, number predicted right) for a batch.
 
     Computed in fp32 on the labelled positions only. Works on a PEFT model or a plain one.
@@ -105,4 +121,6 @@ def completion_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 
 def _model_inputs(batch: dict[str, torch.Tensor]) -> dict:
     keys = ("input_ids", "attention_mask", "position_ids")
-    return {k: batch[k] for k in keys if batch.get(k) is not None} | {"use_cache": False}
+    return {k: batch[k] for k in keys if batch.get(k) is not None} | {
+        "use_cache": False
+    }

@@ -21,7 +21,9 @@ class RichReporter:
 
     def metrics(self, step: int, values: dict) -> None:
         if "total_steps" not in values:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
+            shown = ", ".join(
+                f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float)
+            )
             self.console.print(f"evaluation: {shown}")
             return
         if self.task is None:
@@ -47,7 +49,13 @@ def _fail(message: str):
 def train_command(spec_path: Path, output: Path) -> None:
     from pydantic import ValidationError
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from core.datafiles import DataFileError
     from core.spec import JobSpec
@@ -65,13 +73,20 @@ def train_command(spec_path: Path, output: Path) -> None:
     from core.training.pipeline import run
 
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         try:
             result = run(spec, output, RichReporter(console, progress))
         except (TrainingInputError, DataFileError) as e:
             _fail(str(e))
-    console.print(f"{result.status} at step {result.global_step}; artifacts in {result.output_dir}")
+    console.print(
+        f"{result.status} at step {result.global_step}; artifacts in {result.output_dir}"
+    )
 
 
 def make_tiny_model_command(directory: Path) -> None:

@@ -68,13 +68,19 @@ def split_rows(spec: JobSpec) -> tuple[list[tuple[int, dict]], list[tuple[int, d
         random.Random(spec.seed).shuffle(order)
         n_val = max(1, round(len(train) * spec.validation_split))
         if n_val >= len(train):
-            raise TrainingInputError(f"validation_split: {spec.validation_split} leaves no training rows")
+            raise TrainingInputError(
+                f"validation_split: {spec.validation_split} leaves no training rows"
+            )
         val_idx = set(order[:n_val])
-        return [r for r in train if r[0] not in val_idx], [r for r in train if r[0] in val_idx]
+        return [r for r in train if r[0] not in val_idx], [
+            r for r in train if r[0] in val_idx
+        ]
     return train, []
 
 
-def _encode_rows(rows, spec: JobSpec, tokenizer, terminator: str, split: str, report: dict) -> list[Example]:
+def _encode_rows(
+    rows, spec: JobSpec, tokenizer, terminator: str, split: str, report: dict
+) -> list[Example]:
     max_len = spec.hyperparameters.max_seq_length
     out: list[Example] = []
     for index, row in rows:
@@ -86,9 +92,20 @@ def _encode_rows(rows, spec: JobSpec, tokenizer, terminator: str, split: str, re
         if not turns[-1]["content"].strip():
             _drop(report, split, index, "empty completion")
             continue
-        enc = encode(tokenizer, turns, terminator, max_len)
+        enc = encode(
+            tokenizer,
+            turns,
+            terminator,
+            max_len,
+            spec.hyperparameters.completion_only_loss,
+        )
         if enc.n_labels == 0:
-            _drop(report, split, index, f"completion truncated away (prompt fills max_seq_length={max_len})")
+            _drop(
+                report,
+                split,
+                index,
+                f"completion truncated away (prompt fills max_seq_length={max_len})",
+            )
             continue
         report["truncated"] += enc.truncated
         out.append(Example(index, turns, enc.input_ids, enc.labels))
@@ -97,7 +114,9 @@ def _encode_rows(rows, spec: JobSpec, tokenizer, terminator: str, split: str, re
 
 def _drop(report: dict, split: str, index: int, reason: str) -> None:
     report["dropped"] += 1
-    report["dropped_by_reason"][reason.split(" (")[0]] = report["dropped_by_reason"].get(reason.split(" (")[0], 0) + 1
+    report["dropped_by_reason"][reason.split(" (")[0]] = (
+        report["dropped_by_reason"].get(reason.split(" (")[0], 0) + 1
+    )
     if len(report["dropped_rows"]) < MAX_LISTED_DROPS:
         report["dropped_rows"].append({"split": split, "row": index, "reason": reason})
 
@@ -122,12 +141,20 @@ def prepare(spec: JobSpec, tokenizer) -> PreparedData:
     resolve_chat_template(tokenizer, spec.template.chat_template)
     terminator = turn_terminator(tokenizer)
     train_rows, val_rows = split_rows(spec)
-    report = {"rows_read": len(train_rows) + len(val_rows), "dropped": 0, "dropped_by_reason": {},
-              "dropped_rows": [], "truncated": 0}
+    report = {
+        "rows_read": len(train_rows) + len(val_rows),
+        "dropped": 0,
+        "dropped_by_reason": {},
+        "dropped_rows": [],
+        "truncated": 0,
+    }
     train = _encode_rows(train_rows, spec, tokenizer, terminator[0], "train", report)
     evals = _encode_rows(val_rows, spec, tokenizer, terminator[0], "validation", report)
     if not train:
-        raise TrainingInputError("training_file: no usable rows remain after dropping " f"{report['dropped']} rows")
+        raise TrainingInputError(
+            "training_file: no usable rows remain after dropping "
+            f"{report['dropped']} rows"
+        )
     report.update(
         rows_used=len(train) + len(evals),
         train_rows=len(train),
@@ -137,5 +164,7 @@ def prepare(spec: JobSpec, tokenizer) -> PreparedData:
         train_tokens=_length_stats(train),
         validation_tokens=_length_stats(evals),
     )
-    files = [spec.training_file] + ([spec.validation_file] if spec.validation_file else [])
+    files = [spec.training_file] + (
+        [spec.validation_file] if spec.validation_file else []
+    )
     return PreparedData(train, evals, terminator, report, fingerprint(files))

@@ -13,7 +13,10 @@ from core.spec import JobSpec
 
 def estimated_steps(spec: JobSpec, n_train: int) -> int:
     hp = spec.hyperparameters
-    per_epoch = max(1, math.ceil(math.ceil(n_train / hp.batch_size) / hp.gradient_accumulation_steps))
+    per_epoch = max(
+        1,
+        math.ceil(math.ceil(n_train / hp.batch_size) / hp.gradient_accumulation_steps),
+    )
     total = math.ceil(per_epoch * hp.n_epochs)
     return min(total, hp.max_steps) if hp.max_steps else total
 
@@ -23,5 +26,9 @@ def dry_run(spec: JobSpec) -> dict:
     from core.training.model import load_tokenizer
 
     data = prepare(spec, load_tokenizer(spec))
-    return {**data.report, "estimated_steps": estimated_steps(spec, len(data.train)),
-            "dataset_fingerprint": data.fingerprint, "spec_hash": spec.hash()}
+    return {
+        **data.report,
+        "estimated_steps": estimated_steps(spec, len(data.train)),
+        "dataset_fingerprint": data.fingerprint,
+        "spec_hash": spec.hash(),
+    }

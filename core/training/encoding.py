@@ -36,7 +36,9 @@ def resolve_chat_template(tokenizer, name: str | None) -> None:
     """Install the named built-in template, or check the tokenizer has one of its own."""
     if name is not None:
         if name not in BUILTIN:
-            raise TrainingInputError(f"template.chat_template: unknown template {name!r}; built-ins: {sorted(BUILTIN)}")
+            raise TrainingInputError(
+                f"template.chat_template: unknown template {name!r}; built-ins: {sorted(BUILTIN)}"
+            )
         vocab = tokenizer.get_vocab()
         missing = [m for m in MARKERS[name] if m not in vocab]
         if missing:
@@ -55,13 +57,18 @@ def resolve_chat_template(tokenizer, name: str | None) -> None:
 
 
 def render(tokenizer, turns: list[dict], *, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        turns, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def turn_terminator(tokenizer) -> tuple[str, int]:
     """The special token that ends an assistant turn in this chat template (`<|eot_id|>`,
     `<|im_end|>`, or eos when the template writes eos)."""
-    text = render(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}])
+    text = render(
+        tokenizer,
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}],
+    )
     suffix = text[text.index(_SENTINEL) + len(_SENTINEL) :]
     special = set(tokenizer.all_special_ids)
     for tid in tokenizer(suffix, add_special_tokens=False)["input_ids"]:
@@ -94,23 +101,40 @@ def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, b
         answer = after[len(before) :]
         cut = answer.rfind(terminator)
         if cut < 0:
-            raise TrainingInputError(f"template.chat_template: assistant turn {i} is not ended by {terminator}")
+            raise TrainingInputError(
+                f"template.chat_template: assistant turn {i} is not ended by {terminator}"
+            )
         cut += len(terminator)
-        pieces += [(before[len(done) :], False), (answer[:cut], True), (answer[cut:], False)]
+        pieces += [
+            (before[len(done) :], False),
+            (answer[:cut], True),
+            (answer[cut:], False),
+        ]
         done = after
     rest = render(tokenizer, turns)[len(done) :]
     pieces.append((rest, False))
     return [(t, trainable) for t, trainable in pieces if t]
 
 
-def encode(tokenizer, turns: list[dict], terminator: str, max_length: int) -> Encoded:
-    """Token ids and completion-only labels for one conversation, right-truncated to max_length."""
+def encode(
+    tokenizer,
+    turns: list[dict],
+    terminator: str,
+    max_length: int,
+    completion_only: bool = True,
+) -> Encoded:
+    """Token ids and labels for one conversation, right-truncated to max_length.
+
+    completion_only=False (hyperparameters.completion_only_loss) trains on every token,
+    prompt included; the pieces are still tokenized the same way."""
     input_ids: list[int] = []
     labels: list[int] = []
     for text, trainable in segments(tokenizer, turns, terminator):
         ids = _ids(tokenizer, text)
         input_ids += ids
-        labels += ids if trainable else [IGNORE_INDEX] * len(ids)
+        labels += (
+            ids if (trainable or not completion_only) else [IGNORE_INDEX] * len(ids)
+        )
     truncated = len(input_ids) > max_length
     return Encoded(input_ids[:max_length], labels[:max_length], truncated)
 

@@ -55,15 +55,23 @@ def load_tokenizer(spec: JobSpec):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
     except (OSError, ValueError) as e:
-        raise TrainingInputError(f"model: cannot load the tokenizer of {spec.model!r}: {_first_line(e)}") from None
+        raise TrainingInputError(
+            f"model: cannot load the tokenizer of {spec.model!r}: {_first_line(e)}"
+        ) from None
 
 
 def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True):
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=dtype)
+    kwargs = {
+        "revision": spec.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "dtype": dtype,
+    }
     qconf = quantization_config(spec, dtype) if quantized else None
     if qconf is not None:
         kwargs["quantization_config"] = qconf
@@ -72,7 +80,9 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True
     try:
         return AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
     except (OSError, ValueError) as e:
-        raise TrainingInputError(f"model: cannot load {spec.model!r}: {_first_line(e)}") from None
+        raise TrainingInputError(
+            f"model: cannot load {spec.model!r}: {_first_line(e)}"
+        ) from None
 
 
 def lora_config(spec: JobSpec):

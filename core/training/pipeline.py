@@ -61,18 +61,30 @@ def run(
     reporter.phase("loading_model")
     dtype = compute_dtype(spec.quantization.compute_dtype)
     model = load_model(spec, dtype)
-    artifacts.write_spec(out, spec, data.fingerprint, {"compute_dtype": str(dtype).removeprefix("torch."),
-                                                       "device": device()})
+    artifacts.write_spec(
+        out,
+        spec,
+        data.fingerprint,
+        {"compute_dtype": str(dtype).removeprefix("torch."), "device": device()},
+    )
 
-    resume = Path(resume_from) if resume_from else newest_checkpoint(checkpoints, spec.hash())
+    resume = (
+        Path(resume_from)
+        if resume_from
+        else newest_checkpoint(checkpoints, spec.hash())
+    )
     if resume is not None:
         trim_metrics(metrics_path, int(resume.name.split("-")[-1]))
-        reporter.event("info", f"resuming from {resume.name}", {"checkpoint": str(resume)})
+        reporter.event(
+            "info", f"resuming from {resume.name}", {"checkpoint": str(resume)}
+        )
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh series
 
     callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
-    trainer = build_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
+    trainer = build_trainer(
+        spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
+    )
 
     reporter.phase("training")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -84,13 +96,20 @@ def run(
         return RunResult("cancelled", out, step, resumed_from=resume)
 
     reporter.phase("evaluating")
-    report = evaluate(spec, model, tokenizer, data.eval, data.terminator[1], should_stop)
+    report = evaluate(
+        spec, model, tokenizer, data.eval, data.terminator[1], should_stop
+    )
     if should_stop() == "cancel":
         return RunResult("cancelled", out, step, report["metrics"], resumed_from=resume)
     report["global_step"] = step
     if report["metrics"]:
-        reporter.metrics(step, {f"eval_{k}" if not k.startswith("eval_") else k: v
-                                for k, v in report["metrics"].items()})
+        reporter.metrics(
+            step,
+            {
+                f"eval_{k}" if not k.startswith("eval_") else k: v
+                for k, v in report["metrics"].items()
+            },
+        )
 
     reporter.phase("uploading")
     artifacts.write_json(out / "eval_report.json", report)

@@ -26,7 +26,9 @@ def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
 
 
 def rouge_n(pred: list[str], ref: list[str], n: int) -> float:
-    grams = lambda toks: Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))  # noqa: E731
+    grams = lambda toks: Counter(
+        tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)
+    )
     pg, rg = grams(pred), grams(ref)
     return _f1(sum((pg & rg).values()), sum(pg.values()), sum(rg.values()))
 
@@ -47,7 +49,11 @@ def rouge_l(pred: list[str], ref: list[str]) -> float:
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
     p, r = tokenize(prediction), tokenize(reference)
-    return {"rouge1": rouge_n(p, r, 1), "rouge2": rouge_n(p, r, 2), "rougeL": rouge_l(p, r)}
+    return {
+        "rouge1": rouge_n(p, r, 1),
+        "rouge2": rouge_n(p, r, 2),
+        "rougeL": rouge_l(p, r),
+    }
 
 
 def mean_rouge(pairs: list[tuple[str, str]]) -> dict[str, float]:

@@ -23,10 +23,19 @@ from core.training.batching import completion_loss
 from core.training.reporter import Reporter
 
 CHECKPOINT_MARKER = "tuneforge.json"
-LOGGED_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "token_accuracy", "epoch")
+LOGGED_KEYS = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "token_accuracy",
+    "epoch",
+)
 
 
-def sft_config(spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool) -> SFTConfig:
+def sft_config(
+    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool
+) -> SFTConfig:
     hp, ev = spec.hyperparameters, spec.evaluation
     on_cpu = not torch.cuda.is_available()
     return SFTConfig(
@@ -51,7 +60,8 @@ def sft_config(spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eva
         data_seed=spec.seed,
         logging_steps=1,
         save_strategy="steps",
-        save_steps=hp.checkpoint_every_steps or 0.2,  # a float < 1: every 20% of the run
+        save_steps=hp.checkpoint_every_steps
+        or 0.2,  # a float < 1: every 20% of the run
         save_total_limit=3,
         eval_strategy="steps" if (has_eval and ev.eval_every_steps) else "no",
         eval_steps=ev.eval_every_steps,
@@ -61,7 +71,9 @@ def sft_config(spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eva
         # one (measured). The seeded random sampler resumes onto the same trajectory.
         train_sampling_strategy="random",
         remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},  # we tokenized and masked already
+        dataset_kwargs={
+            "skip_prepare_dataset": True
+        },  # we tokenized and masked already
         max_length=None,
         report_to="none",
         disable_tqdm=True,
@@ -74,22 +86,34 @@ class CompletionOnlySFTTrainer(SFTTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.remove_callback(PrinterCallback)  # progress goes through the Reporter, not stdout
+        self.remove_callback(
+            PrinterCallback
+        )  # progress goes through the Reporter, not stdout
         self._tf_tokens = 0
         self._tf_correct = 0
         self._tf_labelled = 0
         self._tf_clock = time.perf_counter()
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self, model, inputs, return_outputs=False, num_items_in_batch=None
+    ):
         if self.accelerator.num_processes > 1 or return_outputs:
             # Under DDP the forward must go through the wrapped module; use TRL's own path.
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs, num_items_in_batch
+            )
         loss_sum, n_labelled, n_correct = completion_loss(model, inputs)
-        denominator = num_items_in_batch if num_items_in_batch is not None else n_labelled
-        loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
+        denominator = (
+            num_items_in_batch if num_items_in_batch is not None else n_labelled
+        )
+        loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(
+            min=1
+        )
         if model.training:
             mask = inputs.get("attention_mask")
-            self._tf_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self._tf_tokens += (
+                int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            )
             self._tf_correct += int(n_correct)
             self._tf_labelled += int(n_labelled)
         return loss
@@ -97,26 +121,42 @@ class CompletionOnlySFTTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._tf_tokens:
             now = time.perf_counter()
-            logs["tokens_per_second"] = round(self._tf_tokens / max(now - self._tf_clock, 1e-9), 2)
+            logs["tokens_per_second"] = round(
+                self._tf_tokens / max(now - self._tf_clock, 1e-9), 2
+            )
             logs["token_accuracy"] = self._tf_correct / max(self._tf_labelled, 1)
             self._tf_tokens = self._tf_correct = self._tf_labelled = 0
             self._tf_clock = now
         super().log(logs, start_time)
 
 
-def build_trainer(spec: JobSpec, model, tokenizer, train, evals, checkpoints_dir: Path, dtype: torch.dtype,
-                  callbacks: list[TrainerCallback] = ()) -> CompletionOnlySFTTrainer:
+def build_trainer(
+    spec: JobSpec,
+    model,
+    tokenizer,
+    train,
+    evals,
+    checkpoints_dir: Path,
+    dtype: torch.dtype,
+    callbacks: list[TrainerCallback] = (),
+) -> CompletionOnlySFTTrainer:
     """The trainer for already-encoded examples (`data.Example`), dynamically padded."""
     import datasets
 
-    from core.training.batching import DynamicPaddingCollator, PaddingFreeCollator, varlen_attention
+    from core.training.batching import (
+        DynamicPaddingCollator,
+        PaddingFreeCollator,
+        varlen_attention,
+    )
 
     packing = spec.hyperparameters.packing
     if packing is True or (packing == "auto" and varlen_attention(model)):
         collator = PaddingFreeCollator(tokenizer.pad_token_id)
     else:
-        collator = DynamicPaddingCollator(tokenizer.pad_token_id, 8 if torch.cuda.is_available() else None)
-    to_ds = lambda exs: datasets.Dataset.from_list([e.as_features() for e in exs])  # noqa: E731
+        collator = DynamicPaddingCollator(
+            tokenizer.pad_token_id, 8 if torch.cuda.is_available() else None
+        )
+    to_ds = lambda exs: datasets.Dataset.from_list([e.as_features() for e in exs])
     return CompletionOnlySFTTrainer(
         model=model,
         args=sft_config(spec, checkpoints_dir, dtype, has_eval=bool(evals)),
@@ -131,7 +171,13 @@ def build_trainer(spec: JobSpec, model, tokenizer, train, evals, checkpoints_dir
 class ReportingCallback(TrainerCallback):
     """Forwards logs to the reporter and metrics.jsonl, tags checkpoints, polls should_stop."""
 
-    def __init__(self, reporter: Reporter, should_stop: Callable[[], str | None], spec_hash: str, metrics_path: Path):
+    def __init__(
+        self,
+        reporter: Reporter,
+        should_stop: Callable[[], str | None],
+        spec_hash: str,
+        metrics_path: Path,
+    ):
         self.reporter = reporter
         self.should_stop = should_stop
         self.spec_hash = spec_hash
@@ -149,7 +195,10 @@ class ReportingCallback(TrainerCallback):
             values.update(step=state.global_step, total_steps=state.max_steps)
         else:
             return
-        values = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+        values = {
+            k: (float(v) if isinstance(v, torch.Tensor) else v)
+            for k, v in values.items()
+        }
         self.last_metrics = values
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(values) + "\n")
@@ -160,11 +209,15 @@ class ReportingCallback(TrainerCallback):
         if decision in ("pause", "cancel") and state.global_step < state.max_steps:
             self.stop_reason = decision
             control.should_training_stop = True
-            control.should_save = decision == "pause"  # a paused run resumes from this checkpoint
+            control.should_save = (
+                decision == "pause"
+            )  # a paused run resumes from this checkpoint
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        (path / CHECKPOINT_MARKER).write_text(json.dumps({"spec_hash": self.spec_hash, "step": state.global_step}))
+        (path / CHECKPOINT_MARKER).write_text(
+            json.dumps({"spec_hash": self.spec_hash, "step": state.global_step})
+        )
         self.reporter.checkpoint(state.global_step, path, dict(self.last_metrics))
 
 
@@ -185,6 +238,8 @@ def trim_metrics(metrics_path: Path, up_to_step: int) -> None:
     """Drop logged steps after the checkpoint we resume from, so the series stays contiguous."""
     if not metrics_path.exists():
         return
-    lines = [ln for ln in metrics_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [
+        ln for ln in metrics_path.read_text(encoding="utf-8").splitlines() if ln.strip()
+    ]
     kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= up_to_step]
     metrics_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")

@@ -75,16 +75,16 @@ def e2e_key(e2e_env) -> str:
 class Client:
     """The openai SDK for the standard calls, httpx for our extensions (same key)."""
 
-    def __init__(self, base: str, key: str, model: Path):
-        self.base, self.model = base, model
+    def __init__(self, base: str, key: str, model: Path, worker_pid: int):
+        self.base, self.model, self.worker_pid = base, model, worker_pid
         self.sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=60)
         self.http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
-    def create_job(self, max_steps: int, every: int = 2, rows: int = 8):
+    def create_job(self, max_steps: int, every: int = 2, rows: int = 8, accumulate: int = 1):
         f = self.sdk.files.create(file=("news.jsonl", jsonl(news_rows(rows))), purpose="fine-tune")
         return self.sdk.fine_tuning.jobs.create(
             model=str(self.model), training_file=f.id, suffix="e2e",
-            hyperparameters=hyperparameters(max_steps, every),
+            hyperparameters=hyperparameters(max_steps, every, accumulate),
             extra_body={"template": TEMPLATE, "evaluation": EVALUATION, "validation_split": 0.25},
         )
 
@@ -102,8 +102,8 @@ class Client:
 
 
 @pytest.fixture(scope="session")
-def client(e2e_api, e2e_key, e2e_model) -> Client:
-    return Client(e2e_api, e2e_key, e2e_model)
+def client(e2e_api, e2e_key, e2e_model, celery_worker) -> Client:
+    return Client(e2e_api, e2e_key, e2e_model, celery_worker.pid)
 
 
 def training_processes(job_id: str) -> list[int]:

@@ -35,7 +35,7 @@ def test_csv_and_parquet_read_korean(tmp_path):
     import pyarrow.parquet as pq
 
     c = tmp_path / "d.csv"
-    c.write_text("document,summary\n\"긴 글, 쉼표\",요약\n", encoding="utf-8")
+    c.write_text('document,summary\n"긴 글, 쉼표",요약\n', encoding="utf-8")
     assert read_rows(c) == [{"document": "긴 글, 쉼표", "summary": "요약"}]
     c.write_text("a,b\n1,2,3\n", encoding="utf-8")
     with pytest.raises(DataFileError, match="row 0"):
@@ -52,11 +52,18 @@ def test_detect_format():
 
 
 def test_render_template_with_system_and_literal_braces():
-    t = TemplateSpec(prompt="다음 글을 요약해주세요: {document}", completion="{summary}", system="요약기 {{v1}}")
+    t = TemplateSpec(
+        prompt="다음 글을 요약해주세요: {document}",
+        completion="{summary}",
+        system="요약기 {{v1}}",
+    )
     turns = render_row({"document": "본문 {x.__class__}", "summary": "요약"}, t, 0)
     assert turns == [
         {"role": "system", "content": "요약기 {v1}"},
-        {"role": "user", "content": "다음 글을 요약해주세요: 본문 {x.__class__}"},  # row text is never formatted
+        {
+            "role": "user",
+            "content": "다음 글을 요약해주세요: 본문 {x.__class__}",
+        },  # row text is never formatted
         {"role": "assistant", "content": "요약"},
     ]
 
@@ -75,15 +82,30 @@ def test_unsafe_placeholder_refused():
 
 
 def test_messages_and_prompt_completion_used_as_is():
-    msgs = [{"role": "user", "content": "안녕"}, {"role": "assistant", "content": "반가워"}]
+    msgs = [
+        {"role": "user", "content": "안녕"},
+        {"role": "assistant", "content": "반가워"},
+    ]
     assert render_row({"messages": msgs}, None, 0) == msgs
-    assert render_row({"prompt": "p", "completion": "c"}, None, 0)[-1] == {"role": "assistant", "content": "c"}
-    with pytest.raises(DataFileError, match="row 3: the last message must be the assistant"):
+    assert render_row({"prompt": "p", "completion": "c"}, None, 0)[-1] == {
+        "role": "assistant",
+        "content": "c",
+    }
+    with pytest.raises(
+        DataFileError, match="row 3: the last message must be the assistant"
+    ):
         render_row({"messages": msgs[:1]}, None, 3)
 
 
 def test_data_modules_do_not_import_torch():
-    code = "import sys, core.datafiles, core.prompts, core.training, core.training.reporter; " \
-           "print(json.dumps([m for m in ('torch', 'transformers') if m in sys.modules]))"
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    code = (
+        "import sys, core.datafiles, core.prompts, core.training, core.training.reporter; "
+        "print(json.dumps([m for m in ('torch', 'transformers') if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; " + code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout) == []

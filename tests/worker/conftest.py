@@ -68,7 +68,7 @@ def team_id(engine) -> str:
 def make_job(engine, wsettings, store, team_id, model_dir):
     """A committed, queued job on real uploaded data; returns its id."""
 
-    def make(max_steps: int = 4, model: Path | None = None, every: int = 2, **body) -> str:
+    def make(max_steps: int = 4, model: Path | None = None, every: int = 2, accumulate: int = 1, **body) -> str:
         with Session(engine) as s:
             import io
 
@@ -76,7 +76,7 @@ def make_job(engine, wsettings, store, team_id, model_dir):
                             stream=io.BytesIO(jsonl(news_rows())))
             request = JobCreateRequest(
                 model=str(model or model_dir), training_file=f.id, suffix="w",
-                hyperparameters=hyperparameters(max_steps, every), template=TEMPLATE, evaluation=EVALUATION,
+                hyperparameters=hyperparameters(max_steps, every, accumulate), template=TEMPLATE, evaluation=EVALUATION,
                 validation_split=0.25, **body,
             )
             job, _ = create_job(s, wsettings, team_id, request)

@@ -115,24 +115,24 @@ def test_bad_model_fails_with_a_clear_message(engine, wsettings, store, make_job
 
 
 def test_pause_checkpoints_and_next_attempt_resumes(engine, wsettings, store, make_job, team_id):
-    job_id = make_job(max_steps=30, every=1000)  # the pause writes the only checkpoint
+    job_id = make_job(max_steps=12, every=1000, accumulate=8)  # the pause writes the only checkpoint
     t, out = run_in_thread(job_id, wsettings, engine, store)
-    wait_for(lambda: (job_row(engine, job_id).step or 0) >= 3, what="a few steps")
+    wait_for(lambda: (job_row(engine, job_id).step or 0) >= 2, what="a few steps")
     with Session(engine) as s:
         pause_job(s, team_id, job_id)
         s.commit()
     t.join(60)
     assert out["status"] == "paused"
     job = job_row(engine, job_id)
-    assert job.status == "paused" and job.step < 30
+    assert job.status == "paused" and job.step < 12
     with Session(engine) as s:
         paused_at = max(s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)))
         resume_job(s, team_id, job_id)
         s.commit()
-    assert paused_at >= 3
+    assert paused_at >= 2
     assert runner.run_job(job_id, wsettings, WORKER, engine, store) == "succeeded"
     with Session(engine) as s:
         job = s.get(Job, job_id)
-        assert job.attempt == 2 and job.step == 30
+        assert job.attempt == 2 and job.step == 12
         resumed = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.message.like("Resuming from%"))).all()
         assert resumed and resumed[0].data["step"] == paused_at and resumed[0].attempt == 2
