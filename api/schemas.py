@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker
 from core.services.jobs import event_id
+from core.services.scheduling import QueueInfo
 from core.spec import Hyperparameters, JobSpec
 
 T = TypeVar("T")
@@ -107,6 +108,8 @@ class FineTuningJob(BaseModel):
     latest_metrics: dict[str, Any] | None
     result: dict[str, Any] | None
     queue_position: int | None = None
+    queue_reason: str | None = None
+    estimated_start: int | None = None
     spec_hash: str
 
 
@@ -118,7 +121,7 @@ def _openai_hyperparameters(spec: JobSpec) -> dict[str, Any]:
     return hp
 
 
-def job_object(job: Job, *, queue_position: int | None = None) -> FineTuningJob:
+def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
     spec = JobSpec.model_validate(job.spec)
     hp = _openai_hyperparameters(spec)
     err = job.error
@@ -156,7 +159,9 @@ def job_object(job: Job, *, queue_position: int | None = None) -> FineTuningJob:
         total_steps=job.total_steps,
         latest_metrics=job.latest_metrics,
         result=job.result,
-        queue_position=queue_position,
+        queue_position=queue.position if queue else None,
+        queue_reason=queue.reason if queue else None,
+        estimated_start=unix(queue.estimated_start) if queue else None,
         spec_hash=job.spec_hash,
     )
 

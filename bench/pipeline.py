@@ -234,6 +234,70 @@ def run_trl(spec, out: Path, **overrides) -> dict:
     return timed_train(trainer, counter)
 
 
+def profile_loss_paths(spec, repeats: int = 3) -> None:
+    """Where a step's time goes: the same 4-row batch through three loss paths (fwd + bwd)."""
+    import datasets
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from core.datafiles import read_rows
+    from core.training.batching import completion_loss
+    from core.training.model import load_model, load_tokenizer
+
+    tok = load_tokenizer(spec)
+    model = load_model(spec, torch.float32)
+    model.train()
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": PROMPT.format(**r)}],
+            "completion": [{"role": "assistant", "content": COMPLETION.format(**r)}],
+        }
+        for r in read_rows(DATA)
+    ]
+    args = SFTConfig(
+        output_dir="/tmp/tuneforge-bench-profile",
+        per_device_train_batch_size=4,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        max_length=MAX_LEN,
+    )
+    trl = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tok,
+    )
+    batch = trl.data_collator([trl.train_dataset[i] for i in range(4)])
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+
+    def trl_fused_head():  # TRL 1.16 SFTTrainer.compute_loss: chunked log-probs + entropy + top-1 over the vocab
+        trl.compute_loss(model, dict(batch)).backward()
+
+    def full_logits():  # plain HF: model(labels=...) projects every position to the vocabulary
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        ).loss.backward()
+
+    def ours():  # LM head only at the labelled positions
+        loss_sum, n, _ = completion_loss(model, dict(batch))
+        (loss_sum / n).backward()
+
+    print(
+        f"profile: one batch {tuple(batch['input_ids'].shape)}, {labelled} labelled positions; fwd+bwd per step"
+    )
+    for f in (trl_fused_head, full_logits, ours):
+        f()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            f()
+        print(
+            f"  {f.__name__:15s} {(time.perf_counter() - t0) / repeats:6.3f} s/step",
+            flush=True,
+        )
+
+
 VARIANTS = {
     "ours": run_ours,
     "ours_packed": run_ours_packed,
@@ -272,6 +336,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_model(Path(tmp) / "tiny4", layers=4)
         spec = spec_for(model_dir, a.steps, a.batch_size)
+        if a.profile:
+            profile_loss_paths(spec)
         for name in a.variants.split(","):
             torch.manual_seed(0)
             results[name] = VARIANTS[name](spec, Path(tmp) / name)

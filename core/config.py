@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=5)
     heartbeat_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    worker_timeout_seconds: float = Field(
+        30.0, gt=0, description="A worker silent for longer is not scheduled on (its leases expire separately)"
+    )
     worker_slots: int = Field(1, ge=1)
     work_dir: Path = Field(Path(".tuneforge/work"), description="Scratch space for running jobs")
 

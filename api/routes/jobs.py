@@ -5,6 +5,8 @@ Routes are thin: a service call, the commit, and only then the broker message.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter, Depends, Header, Query
 from sqlalchemy.orm import Session
 
@@ -12,7 +14,7 @@ from api.deps import Services, current_team, get_session, services
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team
-from core.services import jobs
+from core.services import jobs, scheduling
 from core.states import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
@@ -67,9 +69,15 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-def retrieve(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
+def retrieve(
+    job_id: str,
+    team: Team = Depends(current_team),
+    session: Session = Depends(get_session),
+    svc: Services = Depends(services),
+):
     job = jobs.get_job(session, team.id, job_id)
-    return job_object(job, queue_position=jobs.queue_position(session, job))
+    timeout = timedelta(seconds=svc.settings.worker_timeout_seconds)
+    return job_object(job, scheduling.explain(session, job, heartbeat_timeout=timeout))
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)

@@ -189,20 +189,6 @@ def list_jobs(session: Session, team_id: str, *, after: str | None = None, limit
     return paginate(session, select(Job).where(Job.team_id == team_id), Job.id, after=after, limit=limit)
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """1-based place among queued jobs by priority then age (the scheduler may still reorder
-    across teams by fair share, so this is an estimate)."""
-    if job.status != S.QUEUED.value:
-        return None
-    ahead = session.scalar(
-        select(func.count()).where(
-            Job.status == S.QUEUED.value,
-            (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.created_at < job.created_at)),
-        )
-    )
-    return int(ahead or 0) + 1
-
-
 # --- user actions -----------------------------------------------------------------------
 
 

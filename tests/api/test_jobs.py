@@ -40,6 +40,7 @@ def test_sdk_create_with_hyperparameters_queues_and_dispatches(api, model_dir, m
 
     again = api.sdk.fine_tuning.jobs.retrieve(job.id)
     assert again.status == "queued" and again.queue_position >= 1
+    assert again.queue_reason  # says why it waits (here: no live worker can run it)
     statuses = [e.data for e in api.sdk.fine_tuning.jobs.list_events(job.id) if e.type == "status"]
     assert statuses == [{"from": "validating_files", "to": "queued"}]
 
