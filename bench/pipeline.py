@@ -311,11 +311,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=4)
+    # 1 by default: the tiny model's matrices gain nothing from intra-op threads, and on a shared
+    # 2-core box OpenMP spin-waiting under contention swung timings by 5x between runs.
     ap.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch intra-op threads (default: torch's)",
+        default=1,
+        help="torch intra-op threads (0: torch's default)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time the three loss paths on one batch",
     )
     ap.add_argument("--variants", default="ours,ours_packed,common,trl,trl_no_gc")
     a = ap.parse_args()

@@ -54,6 +54,7 @@ def embedded_env(home: Path, host: str, port: int, environ: dict[str, str] | Non
 def ensure_default_key(settings: Settings) -> str:
     """The key `up` prints: kept in <home>/api_key (only its hash is in the database)."""
     from core.db import make_engine, session_scope
+    from core.errors import Unauthorized
     from core.models import Team
     from core.services.auth import authenticate, create_api_key, create_team
 
@@ -66,7 +67,7 @@ def ensure_default_key(settings: Settings) -> str:
                 try:
                     authenticate(s, key)
                     return key
-                except Exception:  # revoked, or the database was reset
+                except Unauthorized:  # revoked, or the database was reset: make a new one
                     pass
             team = s.scalars(select(Team).where(Team.name == DEFAULT_TEAM)).one_or_none() or create_team(s, DEFAULT_TEAM)
             _row, key = create_api_key(s, team.id, name="tuneforge up")

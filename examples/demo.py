@@ -22,7 +22,13 @@ from pathlib import Path
 import httpx
 import openai
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "sci-news-sum-kr-20.jsonl"

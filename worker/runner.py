@@ -122,7 +122,7 @@ def fine_tuned_model_name(base: str, team: str, suffix: str | None, job_id: str)
     """OpenAI's `ft:<base>:<org>:<suffix>:<id>`; a local base is named by its directory."""
     if base.startswith(("/", ".", "~", "file:")):
         base = Path(base.removeprefix("file://")).name
-    clean = lambda s: re.sub(r"[^A-Za-z0-9_.\-/]+", "-", s).strip("-")  # noqa: E731
+    clean = lambda s: re.sub(r"[^A-Za-z0-9_.\-/]+", "-", s).strip("-")
     return f"ft:{clean(base)}:{clean(team)}:{clean(suffix or '')}:{job_id}"
 
 
@@ -366,7 +366,7 @@ class JobRun:
             latest = dict(s.get(Job, self.job_id).latest_metrics or {})
         epochs = latest.get("epoch")
         total = (report.get("train_tokens") or {}).get("total_tokens")
-        trained = int(round(total * epochs)) if isinstance(total, int) and isinstance(epochs, (int, float)) else total
+        trained = round(total * epochs) if isinstance(total, int) and isinstance(epochs, (int, float)) else total
         name = fine_tuned_model_name(self.claim.spec["model"], team.name, self.claim.spec.get("suffix"), self.job_id)
         self._write(
             runs.finish, S.SUCCEEDED, None, self.result.get("metrics") or {},

@@ -41,6 +41,7 @@ def run(
     from core.training.trainer import (
         ReportingCallback,
         build_trainer,
+        checkpoint_step,
         newest_checkpoint,
         trim_metrics,
     )
@@ -74,7 +75,7 @@ def run(
         else newest_checkpoint(checkpoints, spec.hash())
     )
     if resume is not None:
-        trim_metrics(metrics_path, int(resume.name.split("-")[-1]))
+        trim_metrics(metrics_path, checkpoint_step(resume, spec.hash()))
         reporter.event(
             "info", f"resuming from {resume.name}", {"checkpoint": str(resume)}
         )

@@ -234,6 +234,20 @@ def newest_checkpoint(checkpoints_dir: Path, spec_hash: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def checkpoint_step(path: Path, spec_hash: str) -> int:
+    """The global step a checkpoint holds; refuses a missing one or one written for another spec."""
+    from core.training.errors import TrainingInputError
+
+    try:
+        step = int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        raise TrainingInputError(f"resume_from: {path} is not a trainer checkpoint") from None
+    marker = path / CHECKPOINT_MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("spec_hash") != spec_hash:
+        raise TrainingInputError(f"resume_from: {path} was written for a different spec")
+    return step
+
+
 def trim_metrics(metrics_path: Path, up_to_step: int) -> None:
     """Drop logged steps after the checkpoint we resume from, so the series stays contiguous."""
     if not metrics_path.exists():

@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from core.services.auth import create_api_key, create_team
 from tests.conftest import free_port, run_api
-from tests.jobdata import EVALUATION, TEMPLATE, hyperparameters, jsonl, news_rows, tiny_model
+from tests.jobdata import (
+    EVALUATION,
+    TEMPLATE,
+    hyperparameters,
+    jsonl,
+    news_rows,
+    tiny_model,
+)
 from tests.stacks import celery_worker as start_worker
 from tests.stacks import scratch_database
 

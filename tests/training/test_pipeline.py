@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.spec import JobSpec
+from core.training.errors import TrainingInputError
 from core.training.pipeline import run
 
 PAIRS = [
@@ -221,6 +222,8 @@ def test_checkpoint_of_another_spec_is_not_resumed(
     )
     other = learn_spec(tiny_model_dir, learn_file, n_epochs=1, learning_rate=1e-3)
     assert newest_checkpoint(tmp_path / "checkpoints", other.hash()) is None
+    with pytest.raises(TrainingInputError, match="resume_from: .* different spec"):
+        run(other, tmp_path, resume_from=tmp_path / "checkpoints" / "checkpoint-1")
     cancelled = run(other, tmp_path, should_stop=lambda: "cancel")
     assert (
         cancelled.status == "cancelled"
@@ -307,7 +310,6 @@ def test_cli_user_error_is_one_line(tmp_path, tiny_model_dir):
 
 def test_unloadable_model_is_a_user_error(tmp_path, learn_file):
     from core.training.dry_run import dry_run
-    from core.training.errors import TrainingInputError
 
     spec = JobSpec(model=str(tmp_path / "no-such-model"), training_file=str(learn_file))
     with pytest.raises(TrainingInputError, match="^model: cannot load the tokenizer"):

@@ -17,7 +17,14 @@ from core.services.files import upload_file
 from core.services.jobs import create_job
 from core.storage import get_store
 from tests.conftest import settings_from_env
-from tests.jobdata import EVALUATION, TEMPLATE, hyperparameters, jsonl, news_rows, tiny_model
+from tests.jobdata import (
+    EVALUATION,
+    TEMPLATE,
+    hyperparameters,
+    jsonl,
+    news_rows,
+    tiny_model,
+)
 from tests.stacks import scratch_database
 
 
