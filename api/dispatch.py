@@ -1,9 +1,9 @@
-"""Sending work to the workers, by task name only (the API never imports worker code).
+"""The API's link to the workers, by task name only (the API never imports worker code).
 
-Sends happen after the database commit (Polar's enqueue-after-commit): a worker that
-receives the message must find the committed job. If the broker is down the job stays
-`queued` in SQL, which is the source of truth, and the reconciler dispatches it later, so
-a failed send is logged, not raised to the client.
+The API sends no training work: a created or resumed job waits `queued` in SQL and the
+workers' scheduler dispatches it (worker/scheduler.py). What the API does send is the dry
+run of `POST /v1/fine_tuning/jobs/validate`, which any worker answers, and it checks the
+broker for /readyz.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from core.config import Settings
-from core.tasks import DRY_RUN, RUN_JOB
+from core.tasks import DRY_RUN
 
 log = logging.getLogger(__name__)
 _SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -36,16 +36,6 @@ class Dispatcher:
             result_serializer="json",
             accept_content=["json"],
         )
-
-    def run_jobs(self, job_ids: list[str]) -> None:
-        """Call only after the commit that made these jobs `queued`."""
-        for job_id in job_ids:
-            try:
-                self.celery.send_task(
-                    RUN_JOB, args=[job_id], queue=self.settings.queue, ignore_result=True, retry=True, retry_policy=_SEND_RETRY
-                )
-            except Exception:  # the reconciler re-dispatches what SQL says is queued
-                log.exception("could not send %s for job %s; leaving it to the reconciler", RUN_JOB, job_id)
 
     def dry_run(self, spec: dict[str, Any], team_id: str) -> tuple[dict[str, Any] | None, str | None]:
         """(a worker's answer for `spec`, None) or (None, why there is none).

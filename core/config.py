@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=5)
     heartbeat_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    schedule_interval_seconds: float = Field(1.0, gt=0, description="How often each worker runs the scheduler")
+    dispatch_timeout_seconds: float = Field(
+        30.0, gt=0, description="A dispatched job not claimed within this is re-dispatched (its message was lost)"
+    )
     worker_timeout_seconds: float = Field(
         30.0, gt=0, description="A worker silent for longer is not scheduled on (its leases expire separately)"
     )

@@ -22,6 +22,8 @@ from celery import Celery, signals
 from core.config import get_settings
 from core.db import get_engine, session_scope
 from core.services.workers import deregister_worker, register_worker, worker_heartbeat
+from core.tasks import worker_queue
+from worker import scheduler
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -80,6 +82,12 @@ def _heartbeat_loop() -> None:
             log.exception("worker heartbeat failed")
 
 
+@signals.celeryd_after_setup.connect
+def _own_queue(instance, **_kwargs) -> None:
+    """Consume this worker's own queue whatever -Q says: the scheduler sends jobs there."""
+    instance.app.amqp.queues.select_add(worker_queue(settings.queue, WORKER_ID))
+
+
 @signals.worker_ready.connect
 def _register(**_kwargs) -> None:
     gpus, name, memory = gpu_inventory()
@@ -87,6 +95,7 @@ def _register(**_kwargs) -> None:
         register_worker(s, WORKER_ID, socket.gethostname(), slots=settings.worker_slots, gpus=gpus,
                         gpu_name=name, gpu_memory_gb=memory)
     threading.Thread(target=_heartbeat_loop, daemon=True, name="worker-heartbeat").start()
+    scheduler.start(app, settings, _stop_heartbeat)
     log.info("worker %s registered: %s slot(s), %s GPU(s)", WORKER_ID, settings.worker_slots, gpus)
 
 

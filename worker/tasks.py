@@ -30,8 +30,8 @@ def run_job(job_id: str) -> str | None:
         status = runner.run_job(job_id, settings, WORKER_ID)
     finally:
         _slots.release()
-    if status == "queued":  # the worker is stopping: put the message back for the next one
-        raise Reject("worker stopping; job re-queued", requeue=True)
+    # "queued": the worker is stopping and gave the job back; the scheduler sends it to
+    # another worker, so this message is done with (acked), not re-queued here.
     return status
 
 

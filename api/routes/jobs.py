@@ -15,15 +15,13 @@ from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object,
 from core.jobrequest import JobCreateRequest
 from core.models import Team
 from core.services import jobs, scheduling
-from core.states import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 
 
-def _commit_and_dispatch(session: Session, svc: Services, job) -> FineTuningJob:
+def _commit(session: Session, job) -> FineTuningJob:
+    """A queued job waits in SQL; the workers' scheduler dispatches it (fair share first)."""
     session.commit()
-    if job.status == JobStatus.QUEUED.value:
-        svc.dispatcher.run_jobs([job.id])
     return job_object(job)
 
 
@@ -38,7 +36,7 @@ def create(
     job, created = jobs.create_job(session, svc.settings, team.id, body, idempotency_key=idempotency_key)
     if not created:
         return job_object(job)
-    return _commit_and_dispatch(session, svc, job)
+    return _commit(session, job)
 
 
 @router.post("/validate", response_model=ValidationReport)
@@ -95,7 +93,5 @@ def pause(job_id: str, team: Team = Depends(current_team), session: Session = De
 
 
 @router.post("/{job_id}/resume", response_model=FineTuningJob)
-def resume(
-    job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session), svc: Services = Depends(services)
-):
-    return _commit_and_dispatch(session, svc, jobs.resume_job(session, team.id, job_id))
+def resume(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    return _commit(session, jobs.resume_job(session, team.id, job_id))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import StaleAttempt
@@ -43,7 +43,13 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
     now = utcnow()
     claimed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == S.QUEUED.value)
+        .where(
+            Job.id == job_id,
+            Job.status == S.QUEUED.value,
+            # Dispatched to this worker, or not dispatched at all (a direct run): a stale
+            # message for a job the scheduler has since given to another worker loses.
+            or_(Job.worker_id.is_(None), Job.worker_id == worker_id),
+        )
         .values(attempt=Job.attempt + 1, worker_id=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     ).rowcount

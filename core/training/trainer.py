@@ -241,10 +241,14 @@ def checkpoint_step(path: Path, spec_hash: str) -> int:
     try:
         step = int(json.loads((path / "trainer_state.json").read_text())["global_step"])
     except (OSError, ValueError, KeyError):
-        raise TrainingInputError(f"resume_from: {path} is not a trainer checkpoint") from None
+        raise TrainingInputError(
+            f"resume_from: {path} is not a trainer checkpoint"
+        ) from None
     marker = path / CHECKPOINT_MARKER
     if marker.exists() and json.loads(marker.read_text()).get("spec_hash") != spec_hash:
-        raise TrainingInputError(f"resume_from: {path} was written for a different spec")
+        raise TrainingInputError(
+            f"resume_from: {path} was written for a different spec"
+        )
     return step
 
 

@@ -41,7 +41,7 @@ def test_jobs_and_files_on_sqlite(sqlite_stack, model_dir, redis_client):
     api, queue = sqlite_stack
     job = api.job(str(model_dir)).json()
     assert job["status"] == "queued"
-    assert [m["args"] for m in queued_messages(redis_client, queue)] == [[job["id"]]]
+    assert queued_messages(redis_client, queue) == []  # waits in SQL for the scheduler
     assert api.sdk.fine_tuning.jobs.list().data[0].id == job["id"]
     assert api.sdk.fine_tuning.jobs.pause(job["id"]).status == "paused"
     assert api.sdk.fine_tuning.jobs.cancel(job["id"]).status == "cancelled"
