@@ -53,6 +53,20 @@ class TokenCounter:
         return batch
 
 
+def hardware_dtype(spec):
+    """The dtype run() trains in here (bf16 on a recent GPU, fp32 on the CPU); every variant
+    uses it, so the comparison is between recipes, not between precisions."""
+    from core.training.model import compute_dtype
+
+    return compute_dtype(spec.quantization.compute_dtype)
+
+
+def precision_args(dtype) -> dict:
+    import torch
+
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
 def spec_for(model_dir: Path, steps: int, batch_size: int):
     from core.spec import JobSpec
 
@@ -118,7 +132,6 @@ def run_ours_packed(spec, out: Path) -> dict:
 
 
 def run_ours(spec, out: Path) -> dict:
-    import torch
 
     from core.training.data import prepare
     from core.training.model import load_model, load_tokenizer
@@ -126,8 +139,9 @@ def run_ours(spec, out: Path) -> dict:
 
     tok = load_tokenizer(spec)
     data = prepare(spec, tok)
-    model = load_model(spec, torch.float32)
-    trainer = build_trainer(spec, model, tok, data.train, [], out, torch.float32)
+    dtype = hardware_dtype(spec)
+    model = load_model(spec, dtype)
+    trainer = build_trainer(spec, model, tok, data.train, [], out, dtype)
     trainer.data_collator = counter = TokenCounter(trainer.data_collator)
     trainer.args.save_strategy = "no"
     return timed_train(trainer, counter)
@@ -167,7 +181,8 @@ def run_common(spec, out: Path) -> dict:
 
     tok = load_tokenizer(spec)
     rows = common_rows(tok)
-    model = load_model(spec, torch.float32)
+    dtype = hardware_dtype(spec)
+    model = load_model(spec, dtype)
     counter = TokenCounter(default_data_collator)
     args = TrainingArguments(
         output_dir=str(out),
@@ -180,6 +195,7 @@ def run_common(spec, out: Path) -> dict:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         seed=spec.seed,
+        **precision_args(dtype),
     )
     trainer = Trainer(
         model=model,
@@ -210,7 +226,8 @@ def run_trl(spec, out: Path, **overrides) -> dict:
         }
         for r in read_rows(DATA)
     ]
-    model = load_model(spec, torch.float32)
+    dtype = hardware_dtype(spec)
+    model = load_model(spec, dtype)
     args = SFTConfig(
         output_dir=str(out),
         per_device_train_batch_size=spec.hyperparameters.batch_size,
@@ -222,6 +239,7 @@ def run_trl(spec, out: Path, **overrides) -> dict:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         max_length=MAX_LEN,
+        **precision_args(dtype),
         **overrides,
     )
     trainer = SFTTrainer(
@@ -245,7 +263,7 @@ def profile_loss_paths(spec, repeats: int = 3) -> None:
     from core.training.model import load_model, load_tokenizer
 
     tok = load_tokenizer(spec)
-    model = load_model(spec, torch.float32)
+    model = load_model(spec, hardware_dtype(spec))
     model.train()
     rows = [
         {
@@ -324,6 +342,8 @@ def main() -> None:
         action="store_true",
         help="also time the three loss paths on one batch",
     )
+    ap.add_argument("--hidden-size", type=int, default=64, help="random-init Llama width (64 = the tiny test model)")
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--variants", default="ours,ours_packed,common,trl,trl_no_gc")
     a = ap.parse_args()
 
@@ -337,11 +357,11 @@ def main() -> None:
 
     print(
         f"device={'cuda' if torch.cuda.is_available() else 'cpu'} threads={torch.get_num_threads()} "
-        f"steps={a.steps} batch={a.batch_size} rows={DATA.name}"
+        f"steps={a.steps} batch={a.batch_size} rows={DATA.name} model=llama hidden={a.hidden_size} layers={a.layers}"
     )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model(Path(tmp) / "tiny4", layers=4)
+        model_dir = make_tiny_model(Path(tmp) / "model", hidden_size=a.hidden_size, layers=a.layers)
         spec = spec_for(model_dir, a.steps, a.batch_size)
         if a.profile:
             profile_loss_paths(spec)

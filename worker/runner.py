@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core.config import Settings
 from core.db import get_engine, session_scope
@@ -50,6 +51,35 @@ _ACTIVE_LOCK = threading.Lock()
 
 KILL_GRACE_SECONDS = 10.0
 STDERR_TAIL_LINES = 20
+# A dropped database connection (restart, failover, a killed backend) is retried for at most
+# this long: past a lease the job belongs to the reconciler anyway.
+DB_RETRY_SECONDS = 30.0
+
+
+def is_transient(e: BaseException) -> bool:
+    """A lost connection, not a refused write: worth running the same transaction again."""
+    return isinstance(e, OperationalError) or (isinstance(e, DBAPIError) and e.connection_invalidated)
+
+
+def with_db_retry(engine: Engine, fn, *args, budget: float = DB_RETRY_SECONDS, **kwargs):
+    """fn(session, *args) in its own transaction, run again after a transient database error.
+
+    Every runner write is fenced and idempotent per step (metrics merge, checkpoints and
+    artifacts upsert), so replaying a transaction whose commit was lost is harmless; the
+    worst case is an event recorded twice.
+    """
+    deadline, delay = time.monotonic() + budget, 0.1
+    while True:
+        try:
+            with session_scope(engine) as s:
+                return fn(s, *args, **kwargs)
+        except Exception as e:
+            if not is_transient(e) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("database write %s failed (%s); retrying in %.1fs", getattr(fn, "__name__", fn),
+                        str(e).splitlines()[0][:200], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def running_job_ids() -> list[str]:
@@ -71,8 +101,7 @@ def run_job(job_id: str, settings: Settings, worker_id: str, engine: Engine | No
     delivery lost the claim (the job is not queued: already running elsewhere, paused,
     cancelled, or a duplicate message)."""
     engine = engine or get_engine(settings.database_url)
-    with session_scope(engine) as s:
-        claim = runs.claim_job(s, job_id, worker_id, settings.lease_seconds)
+    claim = with_db_retry(engine, runs.claim_job, job_id, worker_id, settings.lease_seconds)
     if claim is None:
         log.info("job %s is not queued; ignoring this delivery", job_id)
         return None
@@ -150,8 +179,8 @@ class JobRun:
     # --- SQL, fenced -------------------------------------------------------------------
 
     def _write(self, fn, *args, **kwargs):
-        with session_scope(self.engine) as s:
-            return fn(s, self.job_id, self.attempt, *args, **kwargs)
+        budget = min(DB_RETRY_SECONDS, self.settings.lease_seconds)
+        return with_db_retry(self.engine, fn, self.job_id, self.attempt, *args, budget=budget, **kwargs)
 
     def _event(self, message: str, level: str = "info", data: dict | None = None) -> None:
         self._write(runs.record_event, level, message, data)
@@ -198,9 +227,11 @@ class JobRun:
         return path
 
     def _fetch_checkpoint(self) -> Path | None:
-        with session_scope(self.engine) as s:
+        def newest(s):
             ckpt = runs.newest_checkpoint(s, self.job_id)
-            found = (ckpt.step, ckpt.storage_key) if ckpt else None
+            return (ckpt.step, ckpt.storage_key) if ckpt else None
+
+        found = with_db_retry(self.engine, newest)
         if found is None:
             return None
         step, key = found
@@ -250,9 +281,7 @@ class JobRun:
                 self._handle(msg)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.settings.heartbeat_seconds
-                with session_scope(self.engine) as s:
-                    control = runs.heartbeat(s, self.job_id, self.attempt, self.settings.lease_seconds)
-                self._control(control)
+                self._control(self._write(runs.heartbeat, self.settings.lease_seconds))
         try:
             self.proc.wait(timeout=KILL_GRACE_SECONDS * 3)
         except subprocess.TimeoutExpired:
@@ -334,7 +363,24 @@ class JobRun:
                 self._write(runs.finish, S.CANCELLED, message="Job cancelled")
                 return S.CANCELLED.value
             return status
+        if self.error is None and rc is not None and rc < 0:
+            return self._lost_attempt(rc)
         error = self.error or {"code": "training_process_crashed", "message": self._crash_message(rc), "param": None}
+        self._write(runs.finish, S.FAILED, error, message=f"Training failed: {error['message']}")
+        return S.FAILED.value
+
+    def _lost_attempt(self, rc: int) -> str:
+        """The child was killed by a signal nobody here sent (the OOM killer, a segfault in
+        a kernel): like a lost worker, that costs the attempt, not the job, until the
+        attempts run out. An error the child reported itself (bad input) fails at once."""
+        why = self._crash_message(rc)
+        if self.attempt < self.claim.max_attempts:
+            self._write(runs.finish, S.QUEUED, data={"attempt": self.attempt, "return_code": rc},
+                        message=f"Attempt {self.attempt} of {self.claim.max_attempts} lost: {why}; "
+                                "re-queued to resume from its newest checkpoint")
+            return S.QUEUED.value
+        error = {"code": "training_process_crashed",
+                 "message": f"attempt {self.attempt} of {self.claim.max_attempts} lost, giving up: {why}"[:2000], "param": None}
         self._write(runs.finish, S.FAILED, error, message=f"Training failed: {error['message']}")
         return S.FAILED.value
 
@@ -361,13 +407,12 @@ class JobRun:
         out = Path(self.result["output_dir"])
         uploaded = self._upload_artifacts(out)
         report = _read_json(out / "dataset_report.json") or {}
-        with session_scope(self.engine) as s:
-            team = s.get(Team, self.claim.team_id)
-            latest = dict(s.get(Job, self.job_id).latest_metrics or {})
+        team_name, latest = with_db_retry(
+            self.engine, lambda s: (s.get(Team, self.claim.team_id).name, dict(s.get(Job, self.job_id).latest_metrics or {})))
         epochs = latest.get("epoch")
         total = (report.get("train_tokens") or {}).get("total_tokens")
         trained = round(total * epochs) if isinstance(total, int) and isinstance(epochs, (int, float)) else total
-        name = fine_tuned_model_name(self.claim.spec["model"], team.name, self.claim.spec.get("suffix"), self.job_id)
+        name = fine_tuned_model_name(self.claim.spec["model"], team_name, self.claim.spec.get("suffix"), self.job_id)
         self._write(
             runs.finish, S.SUCCEEDED, None, self.result.get("metrics") or {},
             message=f"Job succeeded: {len(uploaded)} artifacts uploaded", fine_tuned_model=name, trained_tokens=trained,

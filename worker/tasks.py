@@ -21,13 +21,18 @@ BUSY_BACKOFF_SECONDS = 2.0
 
 @app.task(name=RUN_JOB, ignore_result=True)
 def run_job(job_id: str) -> str | None:
+    from core.db import get_engine
+    from core.services.runs import deliverable
     from worker import runner
 
+    engine = get_engine(settings.database_url)
+    if not runner.with_db_retry(engine, deliverable, job_id, WORKER_ID):
+        return None  # a duplicate or stale message: the job runs (or ran) elsewhere or already here
     if not _slots.acquire(blocking=False):
         time.sleep(BUSY_BACKOFF_SECONDS)
         raise Reject(f"all {settings.worker_slots} slot(s) busy", requeue=True)
     try:
-        status = runner.run_job(job_id, settings, WORKER_ID)
+        status = runner.run_job(job_id, settings, WORKER_ID, engine)
     finally:
         _slots.release()
     # "queued": the worker is stopping and gave the job back; the scheduler sends it to

@@ -32,6 +32,7 @@ class Claim:
     team_id: str
     spec: dict[str, Any]
     spec_hash: str
+    max_attempts: int = 3
 
 
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Claim | None:
@@ -63,7 +64,15 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
         message=f"Attempt {job.attempt} started on worker {worker_id}",
         data={"attempt": job.attempt, "worker_id": worker_id},
     )
-    return Claim(job.id, job.attempt, job.team_id, dict(job.spec), job.spec_hash)
+    return Claim(job.id, job.attempt, job.team_id, dict(job.spec), job.spec_hash, job.max_attempts or 1)
+
+
+def deliverable(session: Session, job_id: str, worker_id: str) -> bool:
+    """Whether a RUN_JOB delivery to this worker could still win the claim. A duplicate of a
+    job that already runs (or was given to another worker) is dropped before it takes a
+    slot; the claim itself stays the only guarantee."""
+    job = session.get(Job, job_id)
+    return job is not None and job.status == S.QUEUED.value and job.worker_id in (None, worker_id)
 
 
 def _fenced(session: Session, job_id: str, attempt: int) -> Job:
@@ -170,6 +179,7 @@ def finish(
     result: dict[str, Any] | None = None,
     *,
     message: str | None = None,
+    data: dict[str, Any] | None = None,
     fine_tuned_model: str | None = None,
     trained_tokens: int | None = None,
 ) -> Job:
@@ -185,4 +195,4 @@ def finish(
     if status is S.SUCCEEDED and job.total_steps:
         job.step = job.total_steps
     job.estimated_finish = None
-    return set_job_status(session, job.id, status, attempt=attempt, job=job, message=message, error=error)
+    return set_job_status(session, job.id, status, attempt=attempt, job=job, message=message, error=error, data=data)

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from core.services.auth import create_api_key, create_team
-from tests.conftest import free_port, run_api
+from tests.conftest import free_port, fresh_database, run_api
 from tests.jobdata import (
     EVALUATION,
     TEMPLATE,
@@ -26,7 +26,6 @@ from tests.jobdata import (
     tiny_model,
 )
 from tests.stacks import celery_worker as start_worker
-from tests.stacks import scratch_database
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -35,7 +34,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 def e2e_env(settings_env, tmp_path_factory) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("e2e")
     port = free_port()
-    with scratch_database("e2e") as url:
+    with fresh_database("e2e") as url:
         yield {
             **settings_env,
             "TUNEFORGE_DATABASE_URL": url,

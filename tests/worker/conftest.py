@@ -16,7 +16,7 @@ from core.services.auth import create_team
 from core.services.files import upload_file
 from core.services.jobs import create_job
 from core.storage import get_store
-from tests.conftest import settings_from_env
+from tests.conftest import fresh_database, settings_from_env
 from tests.jobdata import (
     EVALUATION,
     TEMPLATE,
@@ -25,12 +25,11 @@ from tests.jobdata import (
     news_rows,
     tiny_model,
 )
-from tests.stacks import scratch_database
 
 
 @pytest.fixture(scope="session")
 def worker_db() -> Iterator[str]:
-    with scratch_database("worker") as url:
+    with fresh_database("worker") as url:
         yield url
 
 
