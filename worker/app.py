@@ -67,14 +67,15 @@ def gpu_inventory() -> tuple[int, str | None, float | None]:
     return len(rows), rows[0][0], round(min(float(r[1]) for r in rows) / 1024, 1)
 
 
-_stop_heartbeat = threading.Event()
+# Set when the worker starts shutting down: heartbeat, scheduling and new deliveries stop.
+STOPPING = threading.Event()
 
 
 def _heartbeat_loop() -> None:
     from worker.runner import running_job_ids
 
     engine = get_engine(settings.database_url)
-    while not _stop_heartbeat.wait(settings.heartbeat_seconds):
+    while not STOPPING.wait(settings.heartbeat_seconds):
         try:
             with session_scope(engine) as s:
                 worker_heartbeat(s, WORKER_ID, running_job_ids())
@@ -95,20 +96,28 @@ def _register(**_kwargs) -> None:
         register_worker(s, WORKER_ID, socket.gethostname(), slots=settings.worker_slots, gpus=gpus,
                         gpu_name=name, gpu_memory_gb=memory)
     threading.Thread(target=_heartbeat_loop, daemon=True, name="worker-heartbeat").start()
-    scheduler.start(app, settings, _stop_heartbeat)
+    scheduler.start(app, settings, STOPPING)
     log.info("worker %s registered: %s slot(s), %s GPU(s)", WORKER_ID, settings.worker_slots, gpus)
 
 
 @signals.worker_shutting_down.connect
 def _stop_jobs(**_kwargs) -> None:
+    """Leave the pool before handing jobs back: a job given back while this worker still
+    looked live and ran its scheduler would be planned straight back onto it."""
     from worker.runner import stop_all
 
+    STOPPING.set()  # ends the heartbeat and this worker's scheduling passes
+    _leave_pool()
     stop_all()
 
 
 @signals.worker_shutdown.connect
 def _deregister(**_kwargs) -> None:
-    _stop_heartbeat.set()
+    STOPPING.set()
+    _leave_pool()
+
+
+def _leave_pool() -> None:
     try:
         with session_scope(get_engine(settings.database_url)) as s:
             deregister_worker(s, WORKER_ID)

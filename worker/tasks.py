@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from celery.exceptions import Reject
 
 from core.storage import get_store
 from core.tasks import DRY_RUN, RUN_JOB
-from worker.app import WORKER_ID, app, settings
+from worker.app import STOPPING, WORKER_ID, app, settings
 
 # One training child per slot; the pool has one thread more so dry runs are never stuck
-# behind training. A job delivered while every slot is busy goes back to the queue.
+# behind training. The scheduler sends a job only to a worker whose slot SQL shows free, but
+# the thread of a just-finished job may still be cleaning up: wait for it a little, and only
+# then give the message back to the queue.
 _slots = threading.BoundedSemaphore(settings.worker_slots)
-BUSY_BACKOFF_SECONDS = 2.0
+SLOT_WAIT_SECONDS = 5.0
 
 
 @app.task(name=RUN_JOB, ignore_result=True)
@@ -25,11 +26,12 @@ def run_job(job_id: str) -> str | None:
     from core.services.runs import deliverable
     from worker import runner
 
+    if STOPPING.is_set():
+        return None  # leaving the pool; the reconciler re-dispatches it to a live worker
     engine = get_engine(settings.database_url)
     if not runner.with_db_retry(engine, deliverable, job_id, WORKER_ID):
         return None  # a duplicate or stale message: the job runs (or ran) elsewhere or already here
-    if not _slots.acquire(blocking=False):
-        time.sleep(BUSY_BACKOFF_SECONDS)
+    if not _slots.acquire(timeout=SLOT_WAIT_SECONDS):
         raise Reject(f"all {settings.worker_slots} slot(s) busy", requeue=True)
     try:
         status = runner.run_job(job_id, settings, WORKER_ID, engine)

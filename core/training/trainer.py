@@ -102,7 +102,11 @@ class CompletionOnlySFTTrainer(SFTTrainer):
             return super().compute_loss(
                 model, inputs, return_outputs, num_items_in_batch
             )
-        loss_sum, n_labelled, n_correct = completion_loss(model, inputs)
+        # The selective-head path calls the decoder directly, around the forward that
+        # accelerate wrapped in autocast; without this the fp32 LoRA and norm weights run
+        # un-autocast fp32 matmuls on the GPU (measured: 1.6x slower than stock TRL on an H100).
+        with self.accelerator.autocast():
+            loss_sum, n_labelled, n_correct = completion_loss(model, inputs)
         denominator = (
             num_items_in_batch if num_items_in_batch is not None else n_labelled
         )

@@ -37,11 +37,10 @@ def test_two_teams_one_slot_second_team_is_not_starved(pool):
         deadline = time.monotonic() + 150
         while len(order) < len(owner):  # cancel each job as soon as it runs: the slot turns over fast
             assert time.monotonic() < deadline, f"only {order} started"
-            for job_id in owner:
-                row = pool.row(job_id)
-                if row.status == "running" and job_id not in order:
+            for job_id, team_id in owner.items():
+                if job_id not in order and pool.row(job_id).status == "running":
                     order.append(job_id)
-                    _do(pool, cancel_job, owner[job_id], job_id)
+                    _do(pool, cancel_job, team_id, job_id)
             time.sleep(0.1)
         for job_id in owner:
             pool.wait_status(job_id, TERMINAL, timeout=30)
@@ -66,9 +65,8 @@ def test_pause_and_cancel_reach_a_running_job_within_seconds(pool):
         assert pool.row(x).status == "paused"
         with Session(pool.engine) as s:
             paused_at = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == x)).one()
-        _do(pool, resume_job, team, x)  # waits behind y, which got the freed slot
-
         pool.wait(lambda: pool.row(y).status == "running", "y to take the freed slot", timeout=15)
+        _do(pool, resume_job, team, x)  # queued behind y, which holds the only slot
         t0 = time.monotonic()
         _do(pool, cancel_job, team, y)
         done = pool.wait_status(y, TERMINAL, timeout=15)

@@ -93,15 +93,30 @@ def test_cancel_kills_the_training_process(engine, wsettings, store, make_job, t
     assert job_row(engine, job_id).status == "cancelled"
 
 
-def test_crashed_child_fails_the_job_with_the_reason(engine, wsettings, store, make_job):
+def test_child_killed_by_a_signal_loses_the_attempt_then_fails_when_attempts_run_out(engine, wsettings, store, make_job):
+    """An OOM kill (SIGKILL of the training process only) re-queues the job while attempts
+    remain; on the last attempt it fails with the reason."""
     job_id = make_job(max_steps=10_000)
-    t, out = run_in_thread(job_id, wsettings, engine, store)
-    wait_for(lambda: (job_row(engine, job_id).step or 0) >= 1, what="training to start")
-    os.kill(child_pid(), signal.SIGKILL)  # what an OOM kill looks like
-    t.join(60)
-    job = job_row(engine, job_id)
-    assert out["status"] == "failed" and job.status == "failed"
-    assert job.error["code"] == "training_process_crashed" and "signal 9" in job.error["message"]
+    with Session(engine) as s:
+        s.get(Job, job_id).max_attempts = 2
+        s.commit()
+    for attempt, expected in ((1, "queued"), (2, "failed")):
+        t, out = run_in_thread(job_id, wsettings, engine, store)
+        wait_for(lambda n=attempt: _metric_of_attempt(engine, job_id, n), what=f"attempt {attempt} training")
+        os.kill(child_pid(), signal.SIGKILL)  # what an OOM kill looks like
+        t.join(60)
+        job = job_row(engine, job_id)
+        assert out["status"] == expected and job.status == expected and job.attempt == attempt
+    assert job.error["code"] == "training_process_crashed"
+    assert "signal 9" in job.error["message"] and "attempt 2 of 2" in job.error["message"]
+    with Session(engine) as s:
+        lost = s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id, JobEvent.message.like("Attempt 1 of 2 lost%"))).all()
+    assert len(lost) == 1 and "re-queued" in lost[0]
+
+
+def _metric_of_attempt(engine, job_id, attempt) -> bool:
+    with Session(engine) as s:
+        return s.scalars(select(Metric).where(Metric.job_id == job_id, Metric.attempt == attempt)).first() is not None
 
 
 def test_bad_model_fails_with_a_clear_message(engine, wsettings, store, make_job, model_dir):
