@@ -16,7 +16,7 @@ from pathlib import Path
 from core.datafiles import DataFileError, read_rows
 from core.prompts import render_row
 from core.spec import JobSpec
-from core.training.encoding import encode, resolve_chat_template, turn_terminator
+from core.training.encoding import encode, ends_with_terminator, resolve_chat_template, turn_terminator
 from core.training.errors import TrainingInputError
 
 MAX_LISTED_DROPS = 50
@@ -79,7 +79,7 @@ def split_rows(spec: JobSpec) -> tuple[list[tuple[int, dict]], list[tuple[int, d
 
 
 def _encode_rows(
-    rows, spec: JobSpec, tokenizer, terminator: str, split: str, report: dict
+    rows, spec: JobSpec, tokenizer, terminator: tuple[str, int], split: str, report: dict
 ) -> list[Example]:
     max_len = spec.hyperparameters.max_seq_length
     out: list[Example] = []
@@ -95,19 +95,15 @@ def _encode_rows(
         enc = encode(
             tokenizer,
             turns,
-            terminator,
+            terminator[0],
             max_len,
             spec.hyperparameters.completion_only_loss,
         )
-        if enc.n_labels == 0:
-            _drop(
-                report,
-                split,
-                index,
-                f"completion truncated away (prompt fills max_seq_length={max_len})",
-            )
-            continue
         report["truncated"] += enc.truncated
+        if enc.truncated and not ends_with_terminator(enc, terminator[1]):
+            what = "entirely" if enc.n_labels == 0 else "before its turn terminator"
+            _drop(report, split, index, f"completion truncated ({what}, at max_seq_length={max_len})")
+            continue
         out.append(Example(index, turns, enc.input_ids, enc.labels))
     return out
 
@@ -148,8 +144,8 @@ def prepare(spec: JobSpec, tokenizer) -> PreparedData:
         "dropped_rows": [],
         "truncated": 0,
     }
-    train = _encode_rows(train_rows, spec, tokenizer, terminator[0], "train", report)
-    evals = _encode_rows(val_rows, spec, tokenizer, terminator[0], "validation", report)
+    train = _encode_rows(train_rows, spec, tokenizer, terminator, "train", report)
+    evals = _encode_rows(val_rows, spec, tokenizer, terminator, "validation", report)
     if not train:
         raise TrainingInputError(
             "training_file: no usable rows remain after dropping "

@@ -139,6 +139,13 @@ def encode(
     return Encoded(input_ids[:max_length], labels[:max_length], truncated)
 
 
+def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
+    """Whether the last labelled token is the turn terminator (DESIGN §6.3). A row cut
+    inside its completion fails this and must not train: it would teach not to stop."""
+    last = next((t for t in reversed(enc.labels) if t != IGNORE_INDEX), None)
+    return last == terminator_id
+
+
 def generation_prompt_ids(tokenizer, turns: list[dict]) -> list[int]:
     """The prompt a model sees at inference: every turn before the last assistant turn."""
     return _ids(tokenizer, render(tokenizer, turns[:-1], add_generation_prompt=True))

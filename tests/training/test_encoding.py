@@ -124,22 +124,31 @@ def test_truncated_away_completion_dropped_and_reported(
     assert [e.row for e in data.train] == [0]
     assert r["rows_read"] == 3 and r["rows_used"] == 1 and r["dropped"] == 2
     assert r["dropped_by_reason"] == {
-        "completion truncated away": 1,
+        "completion truncated": 1,
         "empty completion": 1,
     }
     assert {d["row"] for d in r["dropped_rows"]} == {1, 2}
     assert all(any(t != IGNORE_INDEX for t in e.labels) for e in data.train)
 
 
-def test_partial_truncation_counted(tmp_path, tiny_model_dir, tiny_tokenizer):
-    rows = [{"prompt": "질문", "completion": "아주 긴 답변 " * 40}]
+def test_row_cut_inside_its_completion_is_dropped_not_trained_without_terminator(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    """§6.3: the terminator is the last label of EVERY example; a row whose completion is cut
+    by max_seq_length would teach the model not to stop, so it is dropped and reported."""
+    rows = [{"prompt": "질문", "completion": "아주 긴 답변 " * 40}, {"prompt": "질문", "completion": "짧은 답"}]
     spec = JobSpec(
         model=str(tiny_model_dir),
         training_file=str(_write(tmp_path, rows)),
         hyperparameters={"max_seq_length": 32},
     )
     data = prepare(spec, tiny_tokenizer)
-    assert data.report["truncated"] == 1 and len(data.train[0].input_ids) == 32
+    r = data.report
+    assert r["truncated"] == 1 and r["dropped_by_reason"] == {"completion truncated": 1}
+    assert r["dropped_rows"][0]["row"] == 0 and "before its turn terminator" in r["dropped_rows"][0]["reason"]
+    eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert [e.row for e in data.train] == [1]
+    assert [t for t in data.train[0].labels if t != IGNORE_INDEX][-1] == eot
 
 
 def test_named_chat_template_and_missing_one(tiny_model_dir):
