@@ -24,8 +24,10 @@ def tick(app, settings) -> list[str]:
     """One pass; returns the ids of the jobs it dispatched."""
     engine = get_engine(settings.database_url)
     with session_scope(engine) as s:
-        fixed = reconcile(s, dispatch_timeout=timedelta(seconds=settings.dispatch_timeout_seconds))
-    for what, ids in (("re-dispatching", fixed.redispatched), ("re-queued", fixed.requeued), ("failed", fixed.failed)):
+        fixed = reconcile(s, dispatch_timeout=timedelta(seconds=settings.dispatch_timeout_seconds),
+                          worker_timeout=timedelta(seconds=settings.worker_timeout_seconds))
+    for what, ids in (("re-dispatching", fixed.redispatched), ("re-queued", fixed.requeued), ("failed", fixed.failed),
+                      ("marked silent workers inactive", fixed.retired_workers)):
         if ids:
             log.warning("reconciler %s: %s", what, ", ".join(ids))
     with session_scope(engine) as s:

@@ -1,10 +1,12 @@
 """Which queued job runs next, and on which worker — decided from SQL, never by broker order.
 
 Order (DESIGN.md §3, issue 4): team fair share first, then priority, then age.
-Fair share compares each team's *work relative to its share*: slots it holds now, then
-slot-seconds it used over a recent window. Running slots alone are not enough: with one
-shared slot every team holds zero whenever the slot frees up, and the team that queued
-first would win every time. Recent usage lets a team that has not run yet go first.
+Fair share compares each team's *slot-time relative to its share* over a recent window
+(stride scheduling): the next slot goes to the team that would have used the least per
+share after taking it. Slots held right now are not enough: with fewer slots than teams,
+a team whose job just ended holds zero and wins its slot back every time (the team that
+got a slot first keeps it), and small shares are starved for good. Slot-time lets a team
+that has not run yet go first, and over time gives each team its share.
 
 A job is assigned to a worker that fits it (free GPUs on one host, GPU memory); the
 assignment is written to the job row (worker_id + dispatched_at) in the same transaction
@@ -86,23 +88,35 @@ def live_workers(
     return list(workers.values())
 
 
+DEFAULT_JOB_SECONDS = 60.0  # what a slot is expected to cost before any job finished in the window
+
+
 @dataclass
 class TeamLoad:
     share: float
     max_running: int | None
     running_slots: int = 0
     running_jobs: int = 0
-    recent_slot_seconds: float = 0.0
+    usage: float = 0.0  # slot-seconds charged over the usage window
+    unit: float = DEFAULT_JOB_SECONDS  # what one more slot is expected to cost
 
-    def key(self) -> tuple[float, float]:
-        return (self.running_slots / self.share, self.recent_slot_seconds / self.share)
+    def key(self, adding: int = 1) -> tuple[float]:
+        """Slot-seconds per share the team would have used after taking `adding` more slots."""
+        return ((self.usage + adding * self.unit) / self.share,)
+
+    def charge(self, slots: int) -> None:
+        self.running_slots += slots
+        self.running_jobs += 1
+        self.usage += slots * self.unit
 
 
 def team_loads(session: Session, now: datetime) -> dict[str, TeamLoad]:
-    loads = {
-        t.id: TeamLoad(share=max(t.share or 1.0, 1e-6), max_running=t.max_running_jobs)
-        for t in session.scalars(select(Team)).all()
-    }
+    """Each team's slot-time over the window: finished jobs at their length, running (or
+    dispatched) ones at least at the typical job length, charged up front.
+
+    Charging a slot when it is handed out, not as it is used, is what makes shares hold:
+    compared on time already used, a job that has just started costs nothing, and a team
+    could take every free slot in one pass."""
     since = now - USAGE_WINDOW
     jobs = session.scalars(
         select(Job).where(
@@ -113,15 +127,24 @@ def team_loads(session: Session, now: datetime) -> dict[str, TeamLoad]:
             )
         )
     ).all()
+    lengths = sorted(
+        (_aware(j.finished_at) - _aware(j.started_at)).total_seconds()
+        for j in jobs if j.started_at is not None and j.finished_at is not None
+    )
+    unit = max(lengths[len(lengths) // 2], 1.0) if lengths else DEFAULT_JOB_SECONDS
+    loads = {
+        t.id: TeamLoad(share=max(t.share or 1.0, 1e-6), max_running=t.max_running_jobs, unit=unit)
+        for t in session.scalars(select(Team)).all()
+    }
     for job in jobs:
-        load = loads[job.team_id]
+        load, slots = loads[job.team_id], slots_needed(job)
+        start = max(_aware(job.started_at), since) if job.started_at is not None else now
         if _holds_slot(job):
-            load.running_slots += slots_needed(job)
+            load.running_slots += slots
             load.running_jobs += 1
-        if job.started_at is not None:
-            start = max(_aware(job.started_at), since)
-            end = _aware(job.finished_at) if job.finished_at else now
-            load.recent_slot_seconds += max((end - start).total_seconds(), 0.0) * slots_needed(job)
+            load.usage += max((now - start).total_seconds(), unit) * slots
+        elif job.started_at is not None and job.finished_at is not None:
+            load.usage += max((_aware(job.finished_at) - start).total_seconds(), 0.0) * slots
     return loads
 
 
@@ -169,7 +192,7 @@ def plan(session: Session, now: datetime | None = None, heartbeat_timeout: timed
         if not eligible:
             break
         # Fair share first; then the best head-of-line job's priority and age.
-        eligible.sort(key=lambda t: (*loads[t].key(), -by_team[t][0].priority, by_team[t][0].created_at))
+        eligible.sort(key=lambda t: (*loads[t].key(slots_needed(by_team[t][0])), -by_team[t][0].priority, by_team[t][0].created_at))
         placed = False
         for team_id in eligible:
             queue = by_team[team_id]
@@ -180,8 +203,7 @@ def plan(session: Session, now: datetime | None = None, heartbeat_timeout: timed
                 job.worker_id = worker.id
                 job.dispatched_at = now
                 worker.used += slots_needed(job)
-                loads[team_id].running_slots += slots_needed(job)
-                loads[team_id].running_jobs += 1
+                loads[team_id].charge(slots_needed(job))
                 out.append(Assignment(job.id, worker.id))
                 del queue[i]
                 if not queue:
@@ -216,7 +238,7 @@ def explain(session: Session, job: Job, now: datetime | None = None, heartbeat_t
     mine = loads[job.team_id]
     # Position: jobs that would go first under the same ordering plan() uses.
     def rank(j: Job) -> tuple:
-        return (*loads[j.team_id].key(), -j.priority, j.created_at, j.id)
+        return (*loads[j.team_id].key(slots_needed(j)), -j.priority, j.created_at, j.id)
 
     position = 1 + sum(1 for j in waiting if j.id != job.id and rank(j) < rank(job))
     if not any(job_fits(w.gpus, w.gpu_memory_gb, job) for w in workers):
@@ -244,9 +266,15 @@ class ReconcileResult:
     redispatched: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    retired_workers: list[str] = field(default_factory=list)
 
 
-def reconcile(session: Session, now: datetime | None = None, dispatch_timeout: timedelta = timedelta(seconds=30)) -> ReconcileResult:
+def reconcile(
+    session: Session,
+    now: datetime | None = None,
+    dispatch_timeout: timedelta = timedelta(seconds=30),
+    worker_timeout: timedelta | None = None,
+) -> ReconcileResult:
     """Repair what a lost broker message or a dead worker left behind; SQL is the truth.
 
     - queued + dispatched but never claimed within `dispatch_timeout`: the message was lost
@@ -254,11 +282,15 @@ def reconcile(session: Session, now: datetime | None = None, dispatch_timeout: t
       again (a late duplicate is harmless: claims are conditional).
     - running/pausing/cancelling whose lease expired: the runner is gone. Re-queue as a new
       attempt (it resumes from its newest checkpoint), or fail once attempts are used up.
+    - with `worker_timeout`: workers silent for longer are marked inactive.
     """
     from core.services.lifecycle import set_job_status
+    from core.services.workers import retire_silent_workers
 
     now = now or utcnow()
     out = ReconcileResult()
+    if worker_timeout is not None:
+        out.retired_workers = retire_silent_workers(session, now, worker_timeout)
     stale_dispatch = session.scalars(
         select(Job).where(
             Job.status == JobStatus.QUEUED.value,

@@ -3,6 +3,9 @@ and heartbeats; the scheduler and `GET /v1/workers` read these rows."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Worker, utcnow
@@ -40,3 +43,15 @@ def deregister_worker(session: Session, worker_id: str) -> None:
     if w is not None:
         w.active = False
         w.running_job_ids = []
+
+
+def retire_silent_workers(session: Session, now: datetime, timeout: timedelta) -> list[str]:
+    """Mark workers silent for longer than `timeout` inactive (a SIGKILLed worker never
+    deregisters), so the pool shows what is really there; a worker that was only slow
+    becomes active again with its next heartbeat."""
+    rows = session.scalars(
+        select(Worker).where(Worker.active.is_(True), Worker.last_heartbeat < now - timeout).with_for_update(skip_locked=True)
+    ).all()
+    for w in rows:
+        w.active = False
+    return [w.id for w in rows]

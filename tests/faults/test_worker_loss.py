@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Checkpoint
+from core.models import Checkpoint, Worker
 from tests.faults.conftest import assert_contiguous
 from tests.stacks import kill_machine
 
@@ -41,6 +41,8 @@ def test_sigkilled_worker_job_resumes_on_another_worker(pool):
         resumed = [e for e in events if e.message.startswith("Resuming from the checkpoint at step")]
         assert len(resumed) == 1 and resumed[0].attempt == 2 and resumed[0].data["step"] >= 2
         assert_contiguous(pool, job_id, steps)
+        with Session(pool.engine) as s:  # the pool no longer shows the dead worker as active
+            assert s.get(Worker, first).active is False and s.get(Worker, survivor.worker_id).active is True
 
 
 def test_worker_lost_on_the_last_attempt_fails_the_job_with_the_reason(pool):

@@ -102,6 +102,22 @@ class TestFairShare:
         assert len(picks) == 4
         assert teams.count(big.id) == 3 and teams.count(small.id) == 1
 
+    def test_freed_slot_goes_to_the_team_furthest_below_its_share(self, db):
+        """Each of two teams holds one of two slots; the small team's job ends. Its slot goes
+        to the big team (2 slots for share 3 is still below share), not back to the team
+        whose job just ended (found by bench/scheduler.py: every team kept one slot each)."""
+        big, small = team(db, "big", share=3.0), team(db, "small", share=1.0)
+        worker(db, slots=2, gpus=2)
+        held = {}
+        for t in (big, small):  # one slot each, as a share-blind order would leave them
+            j = held[t.id] = job(db, t)
+            j.status, j.worker_id, j.started_at, j.attempt = "running", "w1", utcnow(), 1
+            job(db, t)
+        db.flush()
+        run_to_completion(db, held[small.id], seconds=1)
+        [nxt] = plan(db)
+        assert db.get(Job, nxt.job_id).team_id == big.id
+
 
 class TestPriorityAndAge:
     def test_priority_then_age_within_a_team(self, db):
