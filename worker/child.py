@@ -1,11 +1,14 @@
 """The training process: runs core.training `run()` for one job attempt.
 
-Started by worker.runner in its own process group; it knows nothing about SQL or Celery.
-Progress goes to the parent as JSON lines on an inherited pipe; the last line is the
-result. SIGUSR1 asks for a pause (checkpoint, then exit 0 with status "paused"), SIGUSR2
-for a graceful cancel; a hard cancel is the parent killing the process group.
+Started by worker.runner in its own process group, either alone or as every rank of a
+multi-GPU job under `accelerate launch` (core.training.launch); it knows nothing about SQL
+or Celery. Progress goes to the parent as JSON lines appended to an events file (a file,
+not an inherited pipe: the launcher does not pass descriptors on to the ranks); only rank 0
+writes, and its last line is the result. SIGUSR1 asks for a pause (checkpoint, then exit 0
+with status "paused"), SIGUSR2 for a graceful cancel; a hard cancel is the parent killing
+the process group. Ranks hear pause/cancel through the launcher's stop file instead.
 
-    python -m worker.child --spec spec.json --workdir DIR --events-fd N [--resume-from CKPT]
+    python -m worker.child --spec spec.json --workdir DIR --events FILE [--resume-from CKPT]
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ PAUSE_SIGNAL = signal.SIGUSR1
 CANCEL_SIGNAL = signal.SIGUSR2
 
 
-class PipeReporter:
-    """The Reporter protocol as JSON lines; one write per line keeps lines whole."""
+class FileReporter:
+    """The Reporter protocol as JSON lines appended to a file; one write per line keeps
+    lines whole for the runner, which tails the file. A non-main rank sends nothing."""
 
-    def __init__(self, fd: int):
-        self._out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+    def __init__(self, path: Path, enabled: bool = True):
+        self._out = path.open("a", encoding="utf-8") if enabled else None
         self._lock = threading.Lock()
 
     def send(self, kind: str, **fields) -> None:
+        if self._out is None:
+            return
         line = json.dumps({"type": kind, **fields}, ensure_ascii=False, default=str)
         with self._lock:
             self._out.write(line + "\n")
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="worker.child")
     p.add_argument("--spec", required=True, type=Path)
     p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("--events-fd", required=True, type=int)
+    p.add_argument("--events", required=True, type=Path)
     p.add_argument("--resume-from", type=Path)
     args = p.parse_args(argv)
 
@@ -61,10 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(PAUSE_SIGNAL, lambda *_: stop.append("pause"))
     signal.signal(CANCEL_SIGNAL, lambda *_: stop.append("cancel"))
 
-    def should_stop() -> str | None:
-        return "cancel" if "cancel" in stop else ("pause" if stop else None)
+    from core.training.distributed import is_main_process, world_size
+    from core.training.launch import STOP_FILE_ENV
 
-    reporter = PipeReporter(args.events_fd)
+    stop_file = os.environ.get(STOP_FILE_ENV)  # set by core.training.launch for its ranks
+
+    def should_stop() -> str | None:
+        asked = stop + (_read_words(stop_file) if stop_file else [])
+        return "cancel" if "cancel" in asked else ("pause" if asked else None)
+
+    if world_size() > 1:
+        _die_with_launcher()
+    reporter = FileReporter(args.events, enabled=is_main_process())
     from core.datafiles import DataFileError
     from core.spec import JobSpec
     from core.training.errors import TrainingInputError
@@ -89,6 +103,27 @@ def main(argv: list[str] | None = None) -> int:
         metrics=result.metrics,
     )
     return 0
+
+
+def _read_words(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def _die_with_launcher() -> None:
+    """A rank runs in a session of its own (torch.distributed.run puts it there), out of
+    reach of the runner's kill of the process group; if the launcher is SIGKILLed, the
+    kernel kills this rank too instead of leaving it training as an orphan."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the agent's own SIGTERM handling remains
+        pass
 
 
 if __name__ == "__main__":

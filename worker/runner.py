@@ -9,6 +9,11 @@ Layout of one attempt (Settings.work_dir/<job>/<attempt>/):
     input/      spec.json and the training/validation files, downloaded from the store
     out/        run()'s workdir: outputs, out/checkpoints/checkpoint-N (resumed ones pulled here)
     child.log   the child's stdout/stderr (its last lines become a crash's error message)
+    events.jsonl  the child's progress, JSON lines, tailed while it runs
+
+A job asking for several GPUs (resources.gpus > 1) runs its child as N ranks under
+`accelerate launch` (core.training.launch); the events file, not an inherited pipe, is the
+channel because the launcher does not pass descriptors on to the ranks.
 """
 
 from __future__ import annotations
@@ -241,11 +246,14 @@ class JobRun:
         return dest
 
     def _spawn(self, spec_path: Path, resume: Path | None) -> None:
-        read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, "-m", "worker.child", "--spec", str(spec_path), "--workdir", str(self.out),
-               "--events-fd", str(write_fd)]
+        self.events_path = self.root / "events.jsonl"
+        self.events_path.touch()
+        child = ["-m", "worker.child", "--spec", str(spec_path), "--workdir", str(self.out),
+                 "--events", str(self.events_path)]
         if resume is not None:
-            cmd += ["--resume-from", str(resume)]
+            child += ["--resume-from", str(resume)]
+        gpus = int((self.claim.spec.get("resources") or {}).get("gpus") or 1)
+        cmd = [sys.executable, *(["-m", "core.training.launch", str(gpus)] if gpus > 1 else []), *child]
         repo = Path(__file__).resolve().parents[1]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
                "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -253,19 +261,30 @@ class JobRun:
         with self.log_path.open("wb") as logf:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,), start_new_session=True,
+                start_new_session=True,
             )
-        os.close(write_fd)  # the child holds the only writer: EOF means it is gone
-        threading.Thread(target=self._read_events, args=(read_fd,), daemon=True, name=f"events-{self.job_id}").start()
-        log.info("job %s attempt %s: training process %s started", self.job_id, self.attempt, self.proc.pid)
+        threading.Thread(target=self._read_events, daemon=True, name=f"events-{self.job_id}").start()
+        log.info("job %s attempt %s: training process %s started (%d process%s)", self.job_id, self.attempt,
+                 self.proc.pid, gpus, "es" if gpus > 1 else "")
 
-    def _read_events(self, fd: int) -> None:
-        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as pipe:
-            for line in pipe:
-                try:
-                    self.events.put(json.loads(line))
-                except ValueError:
-                    log.warning("job %s: unreadable line from the training process: %r", self.job_id, line[:200])
+    def _read_events(self) -> None:
+        """Tail the events file until the child is gone and every whole line is read."""
+        with self.events_path.open("r", encoding="utf-8", errors="replace") as f:
+            partial = ""
+            while True:
+                gone = self.proc.poll() is not None  # before reading: lines written before exit are read below
+                while line := f.readline():
+                    partial += line
+                    if not partial.endswith("\n"):
+                        break
+                    line, partial = partial, ""
+                    try:
+                        self.events.put(json.loads(line))
+                    except ValueError:
+                        log.warning("job %s: unreadable line from the training process: %r", self.job_id, line[:200])
+                if gone:
+                    break
+                time.sleep(0.1)
         self.events.put(None)
 
     def _supervise(self) -> None:
@@ -295,7 +314,10 @@ class JobRun:
             from worker.child import PAUSE_SIGNAL
 
             self.pause_sent = True
-            os.kill(self.proc.pid, PAUSE_SIGNAL)
+            try:  # the group: under accelerate launch, the launcher passes it on to the ranks
+                os.killpg(self.proc.pid, PAUSE_SIGNAL)
+            except ProcessLookupError:
+                pass
             self._event("Pause requested: checkpointing, then stopping")
 
     def _kill(self, why: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from core.spec import JobSpec
+from core.training.distributed import local_rank
 from core.training.errors import TrainingInputError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -76,7 +77,8 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True
     if qconf is not None:
         kwargs["quantization_config"] = qconf
     dev = device()
-    kwargs["device_map"] = {"": 0} if dev == "cuda" else {"": "cpu"}
+    # Under accelerate launch each rank holds a whole copy on its own GPU.
+    kwargs["device_map"] = {"": local_rank()} if dev == "cuda" else {"": "cpu"}
     try:
         return AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
     except (OSError, ValueError) as e:

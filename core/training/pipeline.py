@@ -2,6 +2,10 @@
 
 A linear sequence of the stage functions; no DB or Celery here. Progress goes through the
 `Reporter`; `should_stop` is polled every optimizer step ("pause" writes a checkpoint first).
+
+Under `accelerate launch` every rank runs this same function: all of them prepare the same
+data (seeded), load the model and train together (the Trainer shards batches by rank and
+saves checkpoints from rank 0); only rank 0 reports, writes output files and evaluates.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def run(
 
     from core.training import artifacts
     from core.training.data import prepare
+    from core.training.distributed import is_main_process
     from core.training.evaluate import evaluate
     from core.training.model import compute_dtype, device, load_model, load_tokenizer
     from core.training.trainer import (
@@ -46,7 +51,8 @@ def run(
         trim_metrics,
     )
 
-    reporter = reporter or NullReporter()
+    main = is_main_process()
+    reporter = (reporter or NullReporter()) if main else NullReporter()
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
@@ -56,36 +62,39 @@ def run(
     reporter.phase("preparing_data")
     tokenizer = load_tokenizer(spec)
     data = prepare(spec, tokenizer)
-    artifacts.write_json(out / "dataset_report.json", data.report)
+    if main:
+        artifacts.write_json(out / "dataset_report.json", data.report)
     reporter.event("info", "dataset prepared", data.report)
 
     reporter.phase("loading_model")
     dtype = compute_dtype(spec.quantization.compute_dtype)
     model = load_model(spec, dtype)
-    artifacts.write_spec(
-        out,
-        spec,
-        data.fingerprint,
-        {"compute_dtype": str(dtype).removeprefix("torch."), "device": device()},
-    )
+    if main:
+        artifacts.write_spec(
+            out,
+            spec,
+            data.fingerprint,
+            {"compute_dtype": str(dtype).removeprefix("torch."), "device": device()},
+        )
 
     resume = (
         Path(resume_from)
         if resume_from
         else newest_checkpoint(checkpoints, spec.hash())
     )
-    if resume is not None:
+    if resume is not None and main:
         trim_metrics(metrics_path, checkpoint_step(resume, spec.hash()))
         reporter.event(
             "info", f"resuming from {resume.name}", {"checkpoint": str(resume)}
         )
-    elif metrics_path.exists():
+    elif main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh series
 
     callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
     trainer = build_trainer(
         spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
     )
+    callback.accelerator = trainer.accelerator
 
     reporter.phase("training")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -95,6 +104,8 @@ def run(
         return RunResult("paused", out, step, checkpoint=ckpt, resumed_from=resume)
     if callback.stop_reason == "cancel":
         return RunResult("cancelled", out, step, resumed_from=resume)
+    if not main:  # the rest runs on the unwrapped model, no collectives: rank 0 alone
+        return RunResult("succeeded", out, step, resumed_from=resume)
 
     reporter.phase("evaluating")
     report = evaluate(

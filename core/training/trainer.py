@@ -20,6 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from core.spec import JobSpec
 from core.training.batching import completion_loss
+from core.training.distributed import agreed_stop
 from core.training.reporter import Reporter
 
 CHECKPOINT_MARKER = "tuneforge.json"
@@ -78,6 +79,8 @@ def sft_config(
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=not on_cpu,
+        # Under DDP: every LoRA weight takes part in each forward, so skip the extra graph walk.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -188,8 +191,11 @@ class ReportingCallback(TrainerCallback):
         self.metrics_path = metrics_path
         self.stop_reason: str | None = None
         self.last_metrics: dict = {}
+        self.accelerator = None  # set once the trainer exists: several ranks agree on stopping
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         logs = logs or {}
         if "loss" in logs:
             values = {k: logs[k] for k in LOGGED_KEYS if k in logs}
@@ -209,7 +215,7 @@ class ReportingCallback(TrainerCallback):
         self.reporter.metrics(state.global_step, values)
 
     def on_step_end(self, args, state, control, **kwargs):
-        decision = self.should_stop()
+        decision = agreed_stop(self.should_stop(), self.accelerator)
         if decision in ("pause", "cancel") and state.global_step < state.max_steps:
             self.stop_reason = decision
             control.should_training_stop = True
@@ -218,6 +224,12 @@ class ReportingCallback(TrainerCallback):
             )  # a paused run resumes from this checkpoint
 
     def on_save(self, args, state, control, **kwargs):
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            # Each rank writes its own part (rng_state_N.pth) and nothing waits for the
+            # others: the checkpoint is announced, and uploaded, only once all are done.
+            self.accelerator.wait_for_everyone()
+        if not state.is_world_process_zero:
+            return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         (path / CHECKPOINT_MARKER).write_text(
             json.dumps({"spec_hash": self.spec_hash, "step": state.global_step})
