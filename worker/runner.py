@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core.config import Settings
 from core.db import get_engine, session_scope
@@ -62,8 +62,15 @@ DB_RETRY_SECONDS = 30.0
 
 
 def is_transient(e: BaseException) -> bool:
-    """A lost connection, not a refused write: worth running the same transaction again."""
-    return isinstance(e, OperationalError) or (isinstance(e, DBAPIError) and e.connection_invalidated)
+    """A lost connection, not a refused write: worth running the same transaction again.
+
+    Besides OperationalError / invalidated connections, psycopg answers "can't change
+    'autocommit' now" when the pool hands back a connection whose server backend was
+    killed mid-transaction (seen when PostgreSQL backends are terminated): also a lost
+    connection, not a problem with the write."""
+    if isinstance(e, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(e, DBAPIError) and (e.connection_invalidated or "can't change 'autocommit'" in str(e.orig))
 
 
 def with_db_retry(engine: Engine, fn, *args, budget: float = DB_RETRY_SECONDS, **kwargs):
