@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -272,16 +272,17 @@ def list_checkpoints(session: Session, team_id: str, job_id: str, *, after: str 
 MAX_POINTS = 10_000
 
 
-def downsample(points: list[Any], max_points: int) -> list[Any]:
-    """At most `max_points` evenly spaced points, always keeping the first and the last:
-    a chart of a run must end where the run is, not one stride before it."""
-    n = len(points)
-    if n <= max_points:
-        return points
+def sample_condition(rn, n, max_points: int):
+    """SQL condition keeping at most `max_points` evenly spaced rows of an ordered series,
+    given each row's 0-based position `rn` and the series length `n`: the first row of each
+    of max_points - 1 equal buckets over rows 0..n-2, plus the last row always (a chart of a
+    run must end where the run is, not one stride before it)."""
+    last = rn == n - 1
     if max_points == 1:
-        return [points[-1]]
-    picks = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
-    return [points[i] for i in picks]
+        return or_(n <= 1, last)
+    m = max_points - 1
+    first_of_bucket = or_(rn == 0, (rn * m) // (n - 1) > ((rn - 1) * m) // (n - 1))
+    return or_(n <= max_points, last, first_of_bucket)
 
 
 def metric_series(
@@ -303,9 +304,14 @@ def metric_series(
         in_range.append(Metric.step >= from_step)
     if to_step is not None:
         in_range.append(Metric.step <= to_step)
-    # Pick the steps from the primary-key index alone, then load only the picked rows:
-    # a 10,000-step series must not deserialize 10,000 JSON blobs to serve 500 points.
-    steps = downsample(list(session.scalars(select(Metric.step).where(*in_range).order_by(Metric.step))), max_points)
-    if not steps:
-        return []
-    return list(session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.step.in_(steps)).order_by(Metric.step)))
+    # Downsampled inside the database on the primary-key index: a 10,000-step series must
+    # not ship 10,000 rows (or JSON blobs) to Python to serve 500 points.
+    ranked = select(
+        Metric.step,
+        (func.row_number().over(order_by=Metric.step) - 1).label("rn"),
+        func.count().over().label("n"),
+    ).where(*in_range).subquery()
+    picked = select(ranked.c.step).where(sample_condition(ranked.c.rn, ranked.c.n, max_points))
+    return list(session.scalars(
+        select(Metric).where(Metric.job_id == job_id, Metric.step.in_(picked)).order_by(Metric.step)
+    ))

@@ -8,9 +8,9 @@ from sqlalchemy import select
 
 from core.config import Settings
 from core.errors import InvalidRequest, Unauthorized
-from core.models import ApiKey, File
-from core.services import auth
-from core.services.jobs import check_model, check_template_columns, downsample
+from core.models import ApiKey, File, Job, Metric
+from core.services import auth, jobs
+from core.services.jobs import check_model, check_template_columns
 from core.spec import TemplateSpec
 
 
@@ -48,13 +48,26 @@ class TestModelAdmission:
                 check_model(s, bad)
 
 
-class TestDownsample:
-    @pytest.mark.parametrize("n,k", [(1000, 10), (11, 10), (7, 2), (5, 1), (3, 10), (1001, 500)])
-    def test_keeps_first_and_last_and_at_most_k(self, n, k):
-        out = downsample(list(range(n)), k)
-        assert len(out) == min(n, k) and out[-1] == n - 1 and out == sorted(set(out))
+class TestMetricSeriesDownsampling:
+    """Runs on PostgreSQL and SQLite (db_session is parametrized in tests/store)."""
+
+    @pytest.mark.parametrize("n,k", [(1000, 10), (11, 10), (7, 2), (5, 1), (3, 10), (1001, 500), (1, 1)])
+    def test_keeps_first_and_last_and_at_most_k_evenly(self, db_session, n, k):
+        team = auth.create_team(db_session, f"metrics-{n}-{k}")
+        job = Job(team_id=team.id, model="org/m", training_file_id="file-x", spec={}, spec_hash="h", status="running")
+        db_session.add(job)
+        db_session.flush()
+        steps = [3 * i + 1 for i in range(n)]  # not 1..n: positions, not step numbers, are sampled
+        db_session.add_all(Metric(job_id=job.id, step=s, values={"loss": 1.0 / s}) for s in steps)
+        db_session.flush()
+        out = [m.step for m in jobs.metric_series(db_session, team.id, job.id, max_points=k)]
+        assert len(out) == min(n, k) and out[-1] == steps[-1] and out == sorted(set(out))
         if k > 1:
-            assert out[0] == 0
+            assert out[0] == steps[0]
+        gaps = [steps.index(b) - steps.index(a) for a, b in zip(out, out[1:])]
+        assert not gaps or max(gaps) - min(gaps) <= max(2, min(gaps))  # evenly spaced, give or take the last
+        window = jobs.metric_series(db_session, team.id, job.id, from_step=steps[n // 2], max_points=k)
+        assert all(m.step >= steps[n // 2] for m in window) and window[-1].step == steps[-1]
 
 
 class TestApiKeys:
