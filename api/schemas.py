@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker
+from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
 from core.services.jobs import event_id
 from core.services.scheduling import QueueInfo
 from core.spec import Hyperparameters, JobSpec
@@ -19,7 +19,7 @@ _DEFAULT_LR = Hyperparameters.model_fields["learning_rate"].default
 
 
 def unix(dt: datetime | None) -> int | None:
-    return int(dt.timestamp()) if dt is not None else None
+    return int(as_utc(dt).timestamp()) if dt is not None else None
 
 
 class ListObject(BaseModel, Generic[T]):

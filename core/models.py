@@ -30,6 +30,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
 def new_id(prefix: str) -> str:
     """Time-ordered ids (microsecond clock + randomness): sorting by id sorts by creation,
     which is what cursor pagination (`after=`) needs."""

@@ -107,7 +107,7 @@ def _check_ttl(ttl_seconds: int) -> None:
         raise ValueError(f"ttl_seconds must be between 1 and {MAX_LINK_SECONDS}, got {ttl_seconds}")
 
 
-def _copy_hashing(src: BinaryIO, sink: BinaryIO | None, max_bytes: int | None) -> tuple[int, str]:
+def copy_hashing(src: BinaryIO, sink: BinaryIO | None, max_bytes: int | None) -> tuple[int, str]:
     """One pass over `src`: count, hash and (optionally) copy, stopping as soon as the limit is passed."""
     digest = hashlib.sha256()
     size = 0
@@ -226,7 +226,7 @@ class LocalStore(_StoreBase):
     def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredObject:
         path = self.local_path(key)
         with _atomic_file(path) as f:
-            size, sha = _copy_hashing(stream, f, max_bytes)
+            size, sha = copy_hashing(stream, f, max_bytes)
         return StoredObject(key=key, bytes=size, sha256=sha)
 
     def get_file(self, key: str, dest: Path) -> Path:
@@ -327,7 +327,7 @@ class S3Store(_StoreBase):
     def put_file(self, key: str, path: Path) -> StoredObject:
         # Hash first, then let boto3 upload the file itself (multipart, parallel) instead of spooling it.
         with open(path, "rb") as f:
-            size, sha = _copy_hashing(f, None, None)
+            size, sha = copy_hashing(f, None, None)
         self._client.upload_file(str(path), self.bucket, self._object_key(key))
         return StoredObject(key=key, bytes=size, sha256=sha)
 
@@ -336,7 +336,7 @@ class S3Store(_StoreBase):
         # upload leaves no object and no dangling multipart upload behind.
         object_key = self._object_key(key)
         with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_BYTES) as spool:
-            size, sha = _copy_hashing(stream, spool, max_bytes)
+            size, sha = copy_hashing(stream, spool, max_bytes)
             spool.seek(0)
             self._client.upload_fileobj(spool, self.bucket, object_key)
         return StoredObject(key=key, bytes=size, sha256=sha)

@@ -18,7 +18,6 @@ channel because the launcher does not pass descriptors on to the ranks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -149,14 +148,6 @@ def download_inputs(engine: Engine, store, spec: dict, team_id: str, root: Path,
 
 class InputMissing(ValueError):
     """A job's file was deleted between submission and run."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fine_tuned_model_name(base: str, team: str, suffix: str | None, job_id: str) -> str:
@@ -462,8 +453,8 @@ class JobRun:
         for path in files:
             name = "adapter.tar.gz" if path.parent == self.root else path.relative_to(out).as_posix()
             key = f"jobs/{self.job_id}/artifacts/{name}"
-            self.store.put_file(key, path)
-            self._write(runs.record_artifact, name, path.stat().st_size, sha256_file(path), key)
+            stored = self.store.put_file(key, path)  # sized and hashed while it was copied
+            self._write(runs.record_artifact, name, stored.bytes, stored.sha256, key)
             names.append(name)
             if time.monotonic() >= next_beat:  # big uploads must not let the lease lapse
                 next_beat = time.monotonic() + self.settings.heartbeat_seconds

@@ -20,7 +20,7 @@ from core.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from core.models import File, Job, new_id, utcnow
 from core.services.pagination import Page, paginate
 from core.states import TERMINAL
-from core.storage import _copy_hashing as copy_hashing
+from core.storage import copy_hashing
 
 PURPOSES = ("fine-tune",)
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}

@@ -17,7 +17,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import StaleAttempt
-from core.models import Artifact, Checkpoint, Job, Metric, utcnow
+from core.models import Artifact, Checkpoint, Job, Metric, as_utc, utcnow
 from core.services.lifecycle import add_event, check_fence, lock_job, set_job_status
 from core.states import ACTIVE, JobStatus
 
@@ -122,13 +122,9 @@ def record_metrics(session: Session, job_id: str, attempt: int, step: int, value
 
 def _estimate_finish(job: Job) -> None:
     """Linear extrapolation from this attempt's start; good enough for a progress display."""
-    start = job.started_at
-    if not (start and job.step and job.total_steps):
+    if not (job.started_at and job.step and job.total_steps):
         return
-    if start.tzinfo is None:  # SQLite returns naive UTC
-        from datetime import UTC
-
-        start = start.replace(tzinfo=UTC)
+    start = as_utc(job.started_at)
     elapsed = (utcnow() - start).total_seconds()
     job.estimated_finish = utcnow() + timedelta(seconds=elapsed / job.step * max(job.total_steps - job.step, 0))
 

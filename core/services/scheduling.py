@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from core.models import Job, Team, Worker, utcnow
+from core.models import Job, Team, Worker, as_utc, utcnow
 from core.states import ACTIVE, JobStatus
 
 USAGE_WINDOW = timedelta(hours=24)
@@ -128,7 +128,7 @@ def team_loads(session: Session, now: datetime) -> dict[str, TeamLoad]:
         )
     ).all()
     lengths = sorted(
-        (_aware(j.finished_at) - _aware(j.started_at)).total_seconds()
+        (as_utc(j.finished_at) - as_utc(j.started_at)).total_seconds()
         for j in jobs if j.started_at is not None and j.finished_at is not None
     )
     unit = max(lengths[len(lengths) // 2], 1.0) if lengths else DEFAULT_JOB_SECONDS
@@ -138,21 +138,14 @@ def team_loads(session: Session, now: datetime) -> dict[str, TeamLoad]:
     }
     for job in jobs:
         load, slots = loads[job.team_id], slots_needed(job)
-        start = max(_aware(job.started_at), since) if job.started_at is not None else now
+        start = max(as_utc(job.started_at), since) if job.started_at is not None else now
         if _holds_slot(job):
             load.running_slots += slots
             load.running_jobs += 1
             load.usage += max((now - start).total_seconds(), unit) * slots
         elif job.started_at is not None and job.finished_at is not None:
-            load.usage += max((_aware(job.finished_at) - start).total_seconds(), 0.0) * slots
+            load.usage += max((as_utc(job.finished_at) - start).total_seconds(), 0.0) * slots
     return loads
-
-
-def _aware(dt: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    from datetime import UTC
-
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _waiting(session: Session) -> list[Job]:
@@ -258,7 +251,7 @@ def _earliest_free(session: Session, worker_ids: list[str]) -> datetime | None:
             Job.worker_id.in_(worker_ids), Job.status.in_([s.value for s in ACTIVE]), Job.estimated_finish.is_not(None)
         )
     ).all()
-    return min((_aware(f) for f in finishes), default=None)
+    return min((as_utc(f) for f in finishes), default=None)
 
 
 @dataclass
