@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import Dispatcher
+from api.guard import bearer_key
 from core.config import Settings
 from core.models import Team
 from core.services.auth import authenticate
@@ -36,11 +37,9 @@ def get_session(svc: Services = Depends(services)) -> Iterator[Session]:
         session.close()
 
 
-def bearer_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
-
-
 def current_team(request: Request, session: Session = Depends(get_session)) -> Team:
-    return authenticate(session, bearer_key(request))
+    """The caller's team; requests with a body were already authenticated by
+    api.guard.RequestGuard (before their body was read), which left the team id here."""
+    team_id = getattr(request.state, "team_id", None)
+    team = session.get(Team, team_id) if team_id else None
+    return team or authenticate(session, bearer_key(request.headers))

@@ -57,9 +57,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return JSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code, headers=exc.headers
+            error_body(str(exc.detail), "invalid_request_error", getattr(exc, "param", None), code),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)
