@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import Dispatcher
@@ -14,6 +15,10 @@ from api.guard import bearer_key
 from core.config import Settings
 from core.models import Team
 from core.services.auth import authenticate
+
+
+# `after=`: the id of the last item already seen. Ids are short; a longer value is no id.
+Cursor = Annotated[str | None, Query(max_length=64, description="The id of the last item already seen")]
 
 
 @dataclass

@@ -6,6 +6,8 @@ an API-key dependency alone would let a client without a key make the server rec
 store gigabytes. This pure-ASGI middleware runs first, for every request that may carry a
 body (anything but GET/HEAD/OPTIONS) under /v1/:
 
+0. A NUL anywhere in the URL is refused (400): it can name nothing, and PostgreSQL
+   cannot even compare text with it.
 1. The API key is checked from the headers (401 otherwise); the team id is left in the
    request state for `api.deps.current_team`, so the key is looked up once.
 2. A declared Content-Length over the limit is refused at once (413).
@@ -41,6 +43,9 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"The {what} is larger than this server's limit of {limit} bytes")
         self.param = "file" if what == "upload" else None
 
+    def body(self) -> dict:
+        return error_body(self.detail, "invalid_request_error", self.param, "request_too_large")
+
 
 def bearer_key(headers: Headers) -> str | None:
     scheme, _, key = headers.get("authorization", "").partition(" ")
@@ -56,13 +61,22 @@ class RequestGuard:
         with self.sessions() as session:
             return authenticate(session, key).id
 
-    def limit_for(self, method: str, path: str) -> tuple[int, str]:
+    def limit_for(self, method: str, path: str) -> tuple[int, BodyTooLarge]:
+        """The bytes a body may have here, and the error that says so (naming the setting's value)."""
         if method == "POST" and path.rstrip("/") == UPLOAD_PATH:
-            return self.upload_limit + MULTIPART_OVERHEAD, "upload"
-        return self.request_limit, "request body"
+            return self.upload_limit + MULTIPART_OVERHEAD, BodyTooLarge(self.upload_limit, "upload")
+        return self.request_limit, BodyTooLarge(self.request_limit, "request body")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in BODILESS or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
+            # No id, cursor or filter holds a NUL, and the database cannot compare with one.
+            body = error_body("The URL may not contain NUL (%00) characters", "invalid_request_error", None, "invalid_value")
+            await _refuse(scope, receive, send, 400, body)
+            return
+        if scope["method"] in BODILESS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -73,11 +87,10 @@ class RequestGuard:
             return
         scope.setdefault("state", {})["team_id"] = team_id
 
-        limit, what = self.limit_for(scope["method"], scope["path"])
+        limit, too_large = self.limit_for(scope["method"], scope["path"])
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            exc = BodyTooLarge(limit, what)
-            await _refuse(scope, receive, send, 413, error_body(exc.detail, "invalid_request_error", exc.param, "request_too_large"))
+            await _refuse(scope, receive, send, 413, too_large.body())
             return
 
         received = 0
@@ -91,7 +104,7 @@ class RequestGuard:
                 received += len(message.get("body", b""))
                 if received > limit:
                     overflowed = True
-                    raise BodyTooLarge(limit, what)
+                    raise too_large
             return message
 
         async def closing_send(message):
@@ -107,7 +120,7 @@ class RequestGuard:
         except BodyTooLarge as exc:  # raised where no handler rendered it
             if started:
                 raise
-            await _refuse(scope, receive, send, 413, error_body(exc.detail, "invalid_request_error", exc.param, "request_too_large"))
+            await _refuse(scope, receive, send, 413, exc.body())
 
 
 async def _refuse(scope, receive, send, status: int, body: dict, headers: dict | None = None) -> None:

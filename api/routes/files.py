@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import Services, current_team, get_session, services
+from api.deps import Cursor, Services, current_team, get_session, services
 from api.schemas import DeletedObject, FileObject, ListObject, file_object, list_of
 from core.models import Team
 from core.services import files
@@ -32,8 +32,8 @@ def upload(
 
 @router.get("", response_model=ListObject[FileObject])
 def list_files(
-    purpose: str | None = None,
-    after: str | None = None,
+    purpose: str | None = Query(None, max_length=64),
+    after: Cursor = None,
     limit: int = Query(100, ge=1, le=100),
     order: Literal["asc", "desc"] = "desc",
     team: Team = Depends(current_team),

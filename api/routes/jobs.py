@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Header, Query
 from sqlalchemy.orm import Session
 
-from api.deps import Services, current_team, get_session, services
+from api.deps import Cursor, Services, current_team, get_session, services
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team
@@ -57,7 +57,7 @@ def validate(
 
 @router.get("", response_model=ListObject[FineTuningJob])
 def list_jobs(
-    after: str | None = None,
+    after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
