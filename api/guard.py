@@ -23,7 +23,7 @@ from __future__ import annotations
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
+from fastapi import HTTPException
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import error_body
@@ -36,8 +36,8 @@ UPLOAD_PATH = "/v1/files"
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from the app's `receive` once a body passes its limit; a Starlette
-    HTTPException, so FastAPI's body parsing lets it through to the error handlers."""
+    """Raised from the app's `receive` once a body passes its limit; FastAPI's body parsing
+    turns any other exception into a 400, but lets its own HTTPException through."""
 
     def __init__(self, limit: int, what: str):
         super().__init__(413, f"The {what} is larger than this server's limit of {limit} bytes")
