@@ -78,11 +78,13 @@ def iter_rows(path: str | Path, limits: Limits | None = None) -> Iterator[dict[s
         raise DataFileError(f"{p}: file not found")
     suffix = p.suffix.lower()
     reader = _parquet if suffix == ".parquet" else _csv if suffix == ".csv" else _jsonl
-    count = 0
+    count = decoded = 0
     for index, row in enumerate(reader(p, limits)):
         if index >= limits.max_rows:
             raise DataLimitError(f"{p}: the file has more than this server's limit of {limits.max_rows} rows")
-        _check_sizes(row, index, limits)
+        decoded += _check_sizes(row, index, limits)
+        if decoded > limits.max_decoded_bytes:  # a Parquet file whose footer understated it
+            raise DataLimitError(f"{p}: the file decodes to more than this server's limit of {limits.max_decoded_bytes} bytes")
         if not any(_usable(v) for v in row.values()):
             raise DataFileError(f"{p}: row {index} has no usable columns (every value is empty or null)")
         count += 1
@@ -143,7 +145,8 @@ def _cells(v: Any, column: str) -> Iterator[tuple[str, int]]:
         yield column, 8
 
 
-def _check_sizes(row: dict[str, Any], index: int, limits: Limits) -> None:
+def _check_sizes(row: dict[str, Any], index: int, limits: Limits) -> int:
+    """The row's size, after checking it and each of its cells against the limits."""
     total = 0
     for key, value in row.items():
         for column, size in _cells(value, str(key)):
@@ -155,6 +158,7 @@ def _check_sizes(row: dict[str, Any], index: int, limits: Limits) -> None:
             total += size
     if total > limits.max_row_bytes:
         raise DataFileError(f"row {index} holds {total} bytes of values; this server's limit for one row is {limits.max_row_bytes} bytes")
+    return total
 
 
 # --- JSONL ------------------------------------------------------------------------------
@@ -245,15 +249,16 @@ def _csv(p: Path, limits: Limits) -> Iterator[dict[str, Any]]:
 _WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
 
 
-def parquet_decoded_estimate(metadata) -> int:
+def parquet_decoded_estimate(metadata) -> tuple[int, bool]:
     """A lower bound of what a Parquet file decodes to, from its footer alone.
 
     Dictionary and run-length encoding let a 1 KiB file stand for gigabytes (one value
     repeated a billion times), so the stored sizes say little. Each column chunk decodes to
     at least its value count times the value width (for strings: the longer of the min/max
     statistics, which writers record by default), and at least its uncompressed pages.
+    Also says whether every string column had statistics (else the bound is weak).
     """
-    total = 0
+    total, known = 0, True
     for g in range(metadata.num_row_groups):
         rg = metadata.row_group(g)
         for c in range(rg.num_columns):
@@ -266,8 +271,10 @@ def parquet_decoded_estimate(metadata) -> int:
                 width = 4
                 if stats is not None and stats.has_min_max:
                     width += max(len(_as_bytes(stats.min)), len(_as_bytes(stats.max)))
+                else:
+                    known = False
             total += max(col.total_uncompressed_size, col.num_values * width)
-    return total
+    return total, known
 
 
 def _as_bytes(v: Any) -> bytes:
@@ -286,24 +293,20 @@ def _parquet(p: Path, limits: Limits) -> Iterator[dict[str, Any]]:
         meta = pf.metadata
         if meta.num_rows > limits.max_rows:
             raise DataLimitError(f"{p}: the file has {meta.num_rows} rows; this server's limit is {limits.max_rows}")
-        estimate = parquet_decoded_estimate(meta)
+        estimate, known = parquet_decoded_estimate(meta)
         if estimate > limits.max_decoded_bytes:
             raise DataLimitError(
                 f"{p}: the file would decode to at least {estimate} bytes ({p.stat().st_size} stored); "
                 f"this server's limit is {limits.max_decoded_bytes} bytes of data per file"
             )
-        per_row = max(1, estimate // max(1, meta.num_rows))
+        # Rows are materialised a batch at a time; without string statistics a row may be as
+        # wide as the row limit allows, so batches get small (slower, still bounded).
+        per_row = max(1, estimate // max(1, meta.num_rows), 0 if known else limits.max_row_bytes)
         batch = max(1, min(4096, _PARQUET_BATCH_BYTES // per_row))
-        decoded = 0
         try:
             for rb in pf.iter_batches(batch_size=batch, use_threads=False):
-                decoded += rb.nbytes
-                if decoded > limits.max_decoded_bytes:  # statistics missing or lying: still bounded
-                    raise DataLimitError(f"{p}: the file decodes to more than this server's limit of {limits.max_decoded_bytes} bytes")
                 yield from rb.to_pylist()
-        except (OSError, ValueError, pa.ArrowException) as e:
-            if isinstance(e, DataFileError):
-                raise
+        except (OSError, pa.ArrowException) as e:
             raise DataFileError(f"{p}: not a readable Parquet file ({e})") from None
 
 

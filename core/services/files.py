@@ -42,6 +42,8 @@ def upload_file(
     name = Path(filename or "").name
     if len(name) > MAX_FILENAME:
         raise InvalidRequest(f"the file name is {len(name)} characters long; at most {MAX_FILENAME} are allowed", param="file")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidRequest(f"the file name {name!r} contains control characters", param="file")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise InvalidRequest(
