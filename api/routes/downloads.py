@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
+from api.errors import responses
 from api.deps import Services, services
 from core.errors import NotFound
 from core.storage import LocalStore, content_disposition, decode_download_token
@@ -14,7 +15,11 @@ from core.storage import LocalStore, content_disposition, decode_download_token
 router = APIRouter(tags=["downloads"])
 
 
-@router.get("/v1/downloads/{token}")
+@router.get(
+    "/v1/downloads/{token}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact"}, **responses(400, 403, 404)},
+)
 def download(token: str, svc: Services = Depends(services)):
     grant = decode_download_token(token, svc.settings.secret_key)  # Forbidden (403) unless intact and unexpired
     store = svc.store

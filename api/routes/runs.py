@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
+from api.errors import COMMON, responses
 from api.deps import Cursor, Services, current_team, get_session, services
 from api.schemas import (
     ArtifactObject,
@@ -33,7 +34,7 @@ from core.services import artifacts, jobs
 from core.spec import MAX_STEPS
 from core.states import is_terminal
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning runs"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning runs"], responses=responses(*COMMON, 404))
 STREAM_POLL_SECONDS = 1.0
 
 
@@ -89,7 +90,7 @@ def artifact_link(
     return SignedLink(url=url, expires_at=expires_at if isinstance(expires_at, int) else unix(expires_at))
 
 
-@router.get("/stream")
+@router.get("/stream", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}})
 async def stream(job_id: str, team: Team = Depends(current_team), svc: Services = Depends(services)):
     """`status` whenever status/phase/step change, `event` per new event, `metrics` per new
     point; the stream ends after the job reaches a terminal status."""
