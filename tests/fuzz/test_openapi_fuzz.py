@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.api.conftest import NEWS_ROWS, jsonl
 from tests.conftest import free_port, run_api
 
-EXAMPLES = int(os.environ.get("TUNEFORGE_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("TUNEFORGE_FUZZ_EXAMPLES", "40"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -73,7 +73,7 @@ def test_no_server_errors_and_only_documented_responses(fuzz_target):
                 response = case.call(base_url=base, headers=headers, timeout=30)
                 try:
                     case.validate_response(response, checks=CHECKS)
-                except AssertionError as e:  # schemathesis' FailureGroup is one
+                except Exception as e:  # noqa: BLE001 - schemathesis' FailureGroup: collected, reported below
                     failures.append(f"{operation.method.upper()} {operation.path} -> {response.status_code}: {str(e)[:600]}")
 
             try:
