@@ -42,14 +42,22 @@ csv.field_size_limit(2**31 - 1)
 
 @dataclass(frozen=True)
 class Limits:
-    """What one data file may hold. The server's values come from Settings (max_upload_rows,
-    max_row_bytes, max_cell_bytes, max_upload_bytes); these defaults are theirs."""
+    """What one data file may hold. The server's values are the TUNEFORGE_MAX_UPLOAD_ROWS,
+    _MAX_ROW_BYTES, _MAX_CELL_BYTES and _MAX_UPLOAD_BYTES settings (`configured_limits`)."""
 
-    max_rows: int = 5_000_000
-    max_row_bytes: int = 4 * MiB
-    max_cell_bytes: int = 1 * MiB
+    max_rows: int
+    max_row_bytes: int
+    max_cell_bytes: int
     # What a Parquet file may decode to: no more data than the same rows uploaded as JSONL.
-    max_decoded_bytes: int = 512 * MiB
+    max_decoded_bytes: int
+
+
+def configured_limits() -> Limits:
+    """This deployment's limits, read where the file is read: the API at upload and the
+    training process (which has no other settings) apply the same ones."""
+    from core.config import DataLimitSettings
+
+    return DataLimitSettings().data_limits
 
 
 class DataFileError(ValueError):
@@ -72,7 +80,7 @@ class Summary:
 def iter_rows(path: str | Path, limits: Limits | None = None) -> Iterator[dict[str, Any]]:
     """The rows of a JSONL / CSV / Parquet file (chosen by suffix, JSONL when unknown), each
     checked against `limits` and for having at least one usable value."""
-    limits = limits or Limits()
+    limits = limits or configured_limits()
     p = Path(path)
     if not p.exists():
         raise DataFileError(f"{p}: file not found")

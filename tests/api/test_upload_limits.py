@@ -5,6 +5,7 @@ naming the limit, and nothing left in the store when a file's row fails to inser
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
-from core.datafiles import DataFileError, DataLimitError, Limits, iter_rows, scan
+from core.datafiles import DataFileError, DataLimitError, Limits, configured_limits, iter_rows, read_rows, scan
 from core.models import File
 from core.services import files
 from core.storage import LocalStore
@@ -41,6 +42,20 @@ def write(tmp_path, fmt: str, rows: list[dict]):
 FORMATS = ["jsonl", "csv", "parquet"]
 
 
+def limits(**changes) -> Limits:
+    return dataclasses.replace(configured_limits(), **changes)
+
+
+def test_the_training_side_applies_the_deployments_limits(tmp_path, monkeypatch):
+    """The worker's training process reads files with no Settings of its own: it must
+    still apply the limits the API applied at upload (here, one set lower)."""
+    p = write(tmp_path, "jsonl", [{"document": "x" * 2000, "summary": "s"}])
+    assert len(read_rows(p)) == 1
+    monkeypatch.setenv("TUNEFORGE_MAX_CELL_BYTES", "1000")
+    with pytest.raises(DataFileError, match="limit for one value is 1000 bytes"):
+        read_rows(p)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_200_kib_field_is_accepted_in_every_format(tmp_path, fmt):
     """csv's own default field limit (128 Ki characters) used to refuse what JSONL took."""
@@ -54,17 +69,17 @@ def test_cell_and_row_limits_are_the_same_in_every_format(tmp_path, fmt):
     rows = [{"document": "d", "summary": "s"}, {"document": "é" * (40 * KiB), "summary": "s"}]
     p = write(tmp_path, fmt, rows)
     with pytest.raises(DataFileError, match=r"row 1: the value of 'document' is 81920 bytes.* 65536 bytes"):
-        scan(p, Limits(max_cell_bytes=64 * KiB))
+        scan(p, limits(max_cell_bytes=64 * KiB))
     with pytest.raises(DataFileError, match=r"row 1 holds 81921 bytes .* 65536 bytes"):
-        scan(p, Limits(max_row_bytes=64 * KiB))
-    assert scan(p, Limits(max_cell_bytes=80 * KiB, max_row_bytes=80 * KiB + 1)).row_count == 2
+        scan(p, limits(max_row_bytes=64 * KiB))
+    assert scan(p, limits(max_cell_bytes=80 * KiB, max_row_bytes=80 * KiB + 1)).row_count == 2
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_row_limit_is_enforced_while_reading(tmp_path, fmt):
     p = write(tmp_path, fmt, [{"prompt": f"p{i}", "completion": "c"} for i in range(10)])
     with pytest.raises(DataLimitError, match="10 rows|more than this server's limit of 3 rows"):
-        scan(p, Limits(max_rows=3))
+        scan(p, limits(max_rows=3))
 
 
 def test_rows_stream_one_at_a_time(tmp_path):
@@ -72,7 +87,7 @@ def test_rows_stream_one_at_a_time(tmp_path):
     row limit is refused by its length, without being held in memory."""
     p = tmp_path / "d.jsonl"
     p.write_bytes(b'{"a": "x"}\n' + b'{"a": "' + b"y" * (8 * MiB) + b'"}\n')
-    rows = iter_rows(p, Limits(max_row_bytes=64 * KiB))
+    rows = iter_rows(p, limits(max_row_bytes=64 * KiB))
     assert next(rows) == {"a": "x"}
     with pytest.raises(DataFileError, match="line 2 is longer than"):
         next(rows)
@@ -116,7 +131,7 @@ def test_parquet_without_statistics_is_still_bounded_while_decoding(tmp_path):
     p = tmp_path / "bomb.parquet"
     parquet_bomb(p, rows=100_000, statistics=False)
     with pytest.raises(DataLimitError, match="decodes to more than"):
-        scan(p, Limits(max_decoded_bytes=8 * MiB))
+        scan(p, limits(max_decoded_bytes=8 * MiB))
 
 
 # --- through the API ----------------------------------------------------------------------
