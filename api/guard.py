@@ -20,11 +20,11 @@ drop the connection instead of reading and discarding the rest of the body.
 
 from __future__ import annotations
 
+from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
-from fastapi import HTTPException
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import Headers
 
 from api.errors import error_body
 from core.errors import TuneforgeError

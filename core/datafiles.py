@@ -358,12 +358,3 @@ def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
     if out[-1]["role"] != "assistant":
         raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
     return out
-
-
-def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Column names in first-seen order over all rows."""
-    seen: dict[str, None] = {}
-    for r in rows:
-        for k in r:
-            seen.setdefault(k, None)
-    return list(seen)

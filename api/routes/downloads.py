@@ -7,8 +7,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from api.errors import responses
 from api.deps import Services, services
+from api.errors import responses
 from core.errors import NotFound
 from core.storage import LocalStore, content_disposition, decode_download_token
 

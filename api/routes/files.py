@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.errors import COMMON, responses
 from api.deps import Cursor, Services, current_team, get_session, services
+from api.errors import COMMON, responses
 from api.schemas import DeletedObject, FileObject, ListObject, file_object, list_of
 from core.models import Team
 from core.services import files

@@ -12,8 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
-from api.errors import COMMON, responses
 from api.deps import Cursor, Services, current_team, get_session, services
+from api.errors import COMMON, responses
 from api.schemas import (
     ArtifactObject,
     CheckpointObject,

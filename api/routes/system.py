@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from api.errors import responses
 from api.deps import Services, current_team, get_session, services
+from api.errors import responses
 from api.schemas import ListObject, WorkerObject, list_of, worker_object
 from core.models import Team, Worker
 

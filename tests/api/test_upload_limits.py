@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import time
 
 import pyarrow as pa
