@@ -229,7 +229,8 @@ class _BoundedLines:
 def _csv(p: Path, limits: Limits) -> Iterator[dict[str, Any]]:
     """CSV with a header row; a row with more cells than the header is an error naming the row."""
     with p.open("r", encoding="utf-8-sig", newline="") as f:
-        lines = _BoundedLines(f, limits.max_row_bytes + 64 * KiB, p)
+        # Quoting doubles a `"` at most: a record within the row limit is within twice it.
+        lines = _BoundedLines(f, 2 * limits.max_row_bytes + 64 * KiB, p)
         reader = csv.reader(lines)
         try:
             header = next(reader, None)
