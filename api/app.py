@@ -10,7 +10,7 @@ from api import errors, metrics
 from api.deps import Services
 from api.dispatch import Dispatcher
 from api.routes import downloads, files, jobs, runs, system
-from api.uploads import UploadLimit
+from api.guard import RequestGuard
 from core.config import Settings, get_settings
 from core.db import make_engine, session_factory
 
@@ -28,8 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessions = session_factory(engine)
     app.state.services = Services(settings=settings, sessions=sessions, dispatcher=Dispatcher(settings), store=get_store(settings))
     errors.install(app)
+    # Added before the metrics middleware, so it sits inside it: that one (a BaseHTTPMiddleware)
+    # reads the body through a task group, which would wrap the guard's 413 in an ExceptionGroup.
+    app.add_middleware(
+        RequestGuard, sessions=sessions, request_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
+    )
     metrics.install(app, sessions)
-    app.add_middleware(UploadLimit, limit=settings.max_upload_bytes, path="/v1/files")
     for module in (files, jobs, runs, downloads, system):
         app.include_router(module.router)
     return app

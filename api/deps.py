@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import Dispatcher
+from api.guard import bearer_key
 from core.config import Settings
 from core.models import Team
 from core.services.auth import authenticate
+
+
+# `after=`: the id of the last item already seen. Ids are short; a longer value is no id.
+Cursor = Annotated[str | None, Query(max_length=64, description="The id of the last item already seen")]
 
 
 @dataclass
@@ -36,11 +42,9 @@ def get_session(svc: Services = Depends(services)) -> Iterator[Session]:
         session.close()
 
 
-def bearer_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
-
-
 def current_team(request: Request, session: Session = Depends(get_session)) -> Team:
-    return authenticate(session, bearer_key(request))
+    """The caller's team; requests with a body were already authenticated by
+    api.guard.RequestGuard (before their body was read), which left the team id here."""
+    team_id = getattr(request.state, "team_id", None)
+    team = session.get(Team, team_id) if team_id else None
+    return team or authenticate(session, bearer_key(request.headers))

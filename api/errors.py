@@ -23,6 +23,30 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+_MEANINGS = {
+    400: "A value that cannot be used (the message names it), or a NUL in the URL",
+    401: "No API key, or one that is unknown or revoked",
+    403: "A download link that was altered or has expired",
+    404: "No such object for this team",
+    409: "The object's state does not allow it (e.g. cancelling a finished job)",
+    413: "A body, upload, row or file over one of this server's limits (the message names it)",
+    422: "A field that fails validation (`param` names it)",
+    429: "Over the team's quota",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for the error statuses a route really returns, each with the
+    error schema (FastAPI's default 422 schema is replaced: ours is rendered instead)."""
+    from api.schemas import ErrorResponse
+
+    return {code: {"model": ErrorResponse, "description": _MEANINGS[code]} for code in codes}
+
+
+# What the request guard and validation can answer on any /v1 route.
+COMMON = (400, 401, 422)
+
+
 def param_of(loc: tuple | list) -> str | None:
     """('body', 'hyperparameters', 'learning_rate') -> 'hyperparameters.learning_rate'.
 
@@ -57,9 +81,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return JSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code, headers=exc.headers
+            error_body(str(exc.detail), "invalid_request_error", getattr(exc, "param", None), code),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)

@@ -22,6 +22,19 @@ def unix(dt: datetime | None) -> int | None:
     return int(as_utc(dt).timestamp()) if dt is not None else None
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, OpenAI's shape: {"error": {message, type, param, code}} (api.errors)."""
+
+    error: ErrorDetail
+
+
 class ListObject(BaseModel, Generic[T]):
     object: Literal["list"] = "list"
     data: list[T]

@@ -20,7 +20,30 @@ FILESYSTEM_BROKER = "filesystem://"  # kombu's server-less transport, used by th
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "please-change", "tuneforge"}
 
 
-class Settings(BaseSettings):
+class DataLimitSettings(BaseSettings):
+    """What one training data file may hold (core.datafiles.Limits). A class of its own
+    because the training process, which is given no secrets, must apply the same limits
+    as the API did at upload; Settings has these fields too (it inherits them)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", env_file=None, extra="ignore")
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest upload (also what a Parquet file may decode to)")
+    max_upload_rows: int = Field(5_000_000, ge=1)
+    max_row_bytes: int = Field(4 * 1024 * 1024, ge=1, description="Largest row of a data file (sum of its values)")
+    max_cell_bytes: int = Field(1024 * 1024, ge=1, description="Largest single value (CSV field, JSON or Parquet string)")
+
+    @property
+    def data_limits(self):
+        """The row and size limits every reader of training data applies (API and worker)."""
+        from core.datafiles import Limits
+
+        return Limits(
+            max_rows=self.max_upload_rows, max_row_bytes=self.max_row_bytes,
+            max_cell_bytes=self.max_cell_bytes, max_decoded_bytes=self.max_upload_bytes,
+        )
+
+
+class Settings(DataLimitSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", env_file=None, extra="ignore")
 
     embedded: bool = Field(False, description="Single-machine mode started by `tuneforge up`")
@@ -50,8 +73,7 @@ class Settings(BaseSettings):
     allow_hub_datasets: bool = False
     allow_trust_remote_code: bool = False
 
-    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
-    max_upload_rows: int = Field(5_000_000, ge=1)
+    max_request_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body outside uploads (job specs)")
     dry_run_timeout_seconds: float = Field(
         20.0, gt=0, description="How long POST /v1/fine_tuning/jobs/validate waits for a worker's token counts"
     )

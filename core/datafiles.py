@@ -1,8 +1,16 @@
-"""Read training data files (JSONL, CSV, Parquet) into plain dict rows, and say what shape they have.
+"""Read training data files (JSONL, CSV, Parquet) as a stream of plain dict rows, and say
+what shape they have.
 
 Pure python (stdlib + pyarrow for Parquet): the API validates uploads with this module and
 must not import torch or transformers. Errors name the line or row so a client can fix the
 file, and are `DataFileError` (a `ValueError`).
+
+Files are read row by row (Parquet: a few rows of one row group at a time), never whole,
+and the `Limits` are enforced while reading, the same in every format: a file's memory
+cost is bounded by one row, not by the file. A string anywhere in a row (a CSV field, a
+JSON string at any depth, a Parquet string value) is a *cell*; a row's size is the sum of
+its cells. Measuring decoded text rather than raw bytes is what makes the formats agree:
+a 128 KiB field is the same 128 KiB whether it came quoted in CSV or escaped in JSON.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,94 +27,311 @@ Format = Literal["messages", "prompt_completion", "template-needed"]
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _ROLES = ("system", "user", "assistant")
+KiB, MiB = 1024, 1024 * 1024
+# JSON may spell one character as a 6-byte escape (\u00e9; a 4-byte character as two of
+# them, 12 bytes): a line's raw length is bounded at this multiple of the row limit.
+_JSON_ESCAPE_FACTOR = 6
+# A Parquet batch is sized so that its decoded rows stay near this many bytes.
+_PARQUET_BATCH_BYTES = 8 * MiB
+
+# csv's own per-field limit (128 KiB by default, counted in characters) would refuse a CSV
+# field that JSONL accepts; our cell limit replaces it, and `_bounded_lines` bounds a
+# record's raw size before csv ever sees it.
+csv.field_size_limit(2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one data file may hold. The server's values are the TUNEFORGE_MAX_UPLOAD_ROWS,
+    _MAX_ROW_BYTES, _MAX_CELL_BYTES and _MAX_UPLOAD_BYTES settings (`configured_limits`)."""
+
+    max_rows: int
+    max_row_bytes: int
+    max_cell_bytes: int
+    # What a Parquet file may decode to: no more data than the same rows uploaded as JSONL.
+    max_decoded_bytes: int
+
+
+def configured_limits() -> Limits:
+    """This deployment's limits, read where the file is read: the API at upload and the
+    training process (which has no other settings) apply the same ones."""
+    from core.config import DataLimitSettings
+
+    return DataLimitSettings().data_limits
 
 
 class DataFileError(ValueError):
     """A data file that cannot be used as it is; the message names the file and line/row."""
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a JSONL / CSV / Parquet file, chosen by suffix (JSONL when unknown)."""
+class DataLimitError(DataFileError):
+    """The file as a whole is over a limit (rows, decoded size): the API answers 413."""
+
+
+@dataclass
+class Summary:
+    """What job creation needs to know about a file without reading it again."""
+
+    row_count: int
+    columns: list[str]
+    format: Format
+
+
+def iter_rows(path: str | Path, limits: Limits | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a JSONL / CSV / Parquet file (chosen by suffix, JSONL when unknown), each
+    checked against `limits` and for having at least one usable value."""
+    limits = limits or configured_limits()
     p = Path(path)
     if not p.exists():
         raise DataFileError(f"{p}: file not found")
     suffix = p.suffix.lower()
-    if suffix == ".parquet":
-        rows = _read_parquet(p)
-    elif suffix == ".csv":
-        rows = read_csv_text(_read_text(p), name=str(p))
+    reader = _parquet if suffix == ".parquet" else _csv if suffix == ".csv" else _jsonl
+    count = decoded = 0
+    for index, row in enumerate(reader(p, limits)):
+        if index >= limits.max_rows:
+            raise DataLimitError(f"{p}: the file has more than this server's limit of {limits.max_rows} rows")
+        decoded += _check_sizes(row, index, limits)
+        if decoded > limits.max_decoded_bytes:  # a Parquet file whose footer understated it
+            raise DataLimitError(f"{p}: the file decodes to more than this server's limit of {limits.max_decoded_bytes} bytes")
+        if not any(_usable(v) for v in row.values()):
+            raise DataFileError(f"{p}: row {index} has no usable columns (every value is empty or null)")
+        count += 1
+        yield row
+    if count == 0:
+        raise DataFileError(f"{p}: the file has no rows")
+
+
+def read_rows(path: str | Path, limits: Limits | None = None) -> list[dict[str, Any]]:
+    """All rows of a file, for the trainer (which needs them in memory anyway)."""
+    return list(iter_rows(path, limits))
+
+
+def scan(path: str | Path, limits: Limits | None = None) -> Summary:
+    """Validate every row of a file in bounded memory: its shape is decided on the first
+    row and checked on each (chat rows must be well-formed conversations)."""
+    seen: dict[str, None] = {}
+    fmt: Format | None = None
+    count = 0
+    for index, row in enumerate(iter_rows(path, limits)):
+        if fmt is None:
+            fmt = detect_format([row])
+        if fmt == "messages":
+            check_messages(row.get("messages"), index)
+        for k in row:
+            seen.setdefault(k, None)
+        count += 1
+    assert fmt is not None  # iter_rows refuses a file without rows
+    return Summary(count, list(seen), fmt)
+
+
+# --- sizes ------------------------------------------------------------------------------
+
+
+def _usable(v: Any) -> bool:
+    if v is None:
+        return False
+    if isinstance(v, str):
+        return bool(v.strip())
+    if isinstance(v, (list, dict, bytes)):
+        return bool(v)
+    return True
+
+
+def _cells(v: Any, column: str) -> Iterator[tuple[str, int]]:
+    """(column, size) of every string inside a value; other scalars count 8 bytes."""
+    if isinstance(v, str):
+        yield column, len(v.encode("utf-8", "surrogatepass"))
+    elif isinstance(v, bytes):
+        yield column, len(v)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield from _cells(x, f"{column}.{k}")
+    elif isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            yield from _cells(x, f"{column}[{i}]")
     else:
-        rows = read_jsonl_text(_read_text(p), name=str(p))
-    return rows
+        yield column, 8
 
 
-def _read_text(p: Path) -> str:
-    try:
-        return p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataFileError(f"{p}: not UTF-8 text (byte {e.start})") from None
-
-
-def read_jsonl_text(text: str, name: str = "<data>") -> list[dict[str, Any]]:
-    """One JSON object per non-blank line; line numbers in errors are 1-based."""
-    rows: list[dict[str, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataFileError(
-                f"{name}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
-            ) from None
-        if not isinstance(obj, dict):
-            raise DataFileError(
-                f"{name}: line {lineno} is a JSON {type(obj).__name__}, expected an object"
-            )
-        rows.append(obj)
-    if not rows:
-        raise DataFileError(f"{name}: the file has no rows")
-    return rows
-
-
-def read_csv_text(text: str, name: str = "<data>") -> list[dict[str, Any]]:
-    """CSV with a header row; a row with more cells than the header is an error naming the row."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise DataFileError(f"{name}: the file is empty (no header row)")
-    rows: list[dict[str, Any]] = []
-    try:
-        for index, row in enumerate(reader):
-            if None in row:
+def _check_sizes(row: dict[str, Any], index: int, limits: Limits) -> int:
+    """The row's size, after checking it and each of its cells against the limits."""
+    total = 0
+    for key, value in row.items():
+        for column, size in _cells(value, str(key)):
+            if size > limits.max_cell_bytes:
                 raise DataFileError(
-                    f"{name}: row {index} (line {reader.line_num}) has more cells than the header's "
-                    f"{len(reader.fieldnames)} columns"
+                    f"row {index}: the value of '{column}' is {size} bytes; this server's limit for one value is "
+                    f"{limits.max_cell_bytes} bytes"
                 )
-            rows.append({k: ("" if v is None else v) for k, v in row.items()})
-    except csv.Error as e:
-        raise DataFileError(f"{name}: line {reader.line_num}: {e}") from None
-    if not rows:
-        raise DataFileError(f"{name}: the file has no rows")
-    return rows
+            total += size
+    if total > limits.max_row_bytes:
+        raise DataFileError(f"row {index} holds {total} bytes of values; this server's limit for one row is {limits.max_row_bytes} bytes")
+    return total
 
 
-def _read_parquet(p: Path) -> list[dict[str, Any]]:
+# --- JSONL ------------------------------------------------------------------------------
+
+
+def _jsonl(p: Path, limits: Limits) -> Iterator[dict[str, Any]]:
+    """One JSON object per non-blank line; line numbers in errors are 1-based."""
+    raw_limit = _JSON_ESCAPE_FACTOR * limits.max_row_bytes + 64 * KiB
+    with p.open("rb") as f:
+        lineno = 0
+        while line := f.readline(raw_limit + 1):
+            lineno += 1
+            if len(line) > raw_limit:
+                raise DataFileError(f"{p}: line {lineno} is longer than {raw_limit} bytes (a row may hold {limits.max_row_bytes} bytes)")
+            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFileError(f"{p}: line {lineno} is not UTF-8 text (byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataFileError(f"{p}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise DataFileError(f"{p}: line {lineno} nests JSON too deeply") from None
+            if not isinstance(obj, dict):
+                raise DataFileError(f"{p}: line {lineno} is a JSON {type(obj).__name__}, expected an object")
+            yield obj
+
+
+# --- CSV --------------------------------------------------------------------------------
+
+
+class _BoundedLines:
+    """The lines of a text file for csv, refusing a record (which may span lines inside
+    quotes) longer than `limit` characters before it is held in memory."""
+
+    def __init__(self, f: io.TextIOBase, limit: int, name: Path):
+        self.f, self.limit, self.name = f, limit, name
+        self.record_chars = 0
+        self.lines = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.f.readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        self.lines += 1
+        self.record_chars += len(line)
+        if self.record_chars > self.limit:
+            raise DataFileError(f"{self.name}: the record ending at line {self.lines} is longer than {self.limit} characters")
+        return line
+
+
+def _csv(p: Path, limits: Limits) -> Iterator[dict[str, Any]]:
+    """CSV with a header row; a row with more cells than the header is an error naming the row."""
+    with p.open("r", encoding="utf-8-sig", newline="") as f:
+        # Quoting doubles a `"` at most: a record within the row limit is within twice it.
+        lines = _BoundedLines(f, 2 * limits.max_row_bytes + 64 * KiB, p)
+        reader = csv.reader(lines)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise DataFileError(f"{p}: the file is empty (no header row)")
+            index = 0
+            for cells in reader:
+                lines.record_chars = 0
+                if not cells:
+                    continue  # a blank line
+                if len(cells) > len(header):
+                    raise DataFileError(
+                        f"{p}: row {index} (line {reader.line_num}) has more cells than the header's {len(header)} columns"
+                    )
+                yield {k: (cells[i] if i < len(cells) else "") for i, k in enumerate(header)}
+                index += 1
+        except csv.Error as e:
+            raise DataFileError(f"{p}: line {reader.line_num}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataFileError(f"{p}: not UTF-8 text (near line {lines.lines + 1}, byte {e.start} of a block)") from None
+
+
+# --- Parquet ----------------------------------------------------------------------------
+
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
+
+
+def parquet_decoded_estimate(metadata) -> tuple[int, bool]:
+    """A lower bound of what a Parquet file decodes to, from its footer alone.
+
+    Dictionary and run-length encoding let a 1 KiB file stand for gigabytes (one value
+    repeated a billion times), so the stored sizes say little. Each column chunk decodes to
+    at least its value count times the value width (for strings: the longer of the min/max
+    statistics, which writers record by default), and at least its uncompressed pages.
+    Also says whether every string column had statistics (else the bound is weak).
+    """
+    total, known = 0, True
+    for g in range(metadata.num_row_groups):
+        rg = metadata.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            width = _WIDTH.get(col.physical_type, 0)
+            if col.physical_type == "FIXED_LEN_BYTE_ARRAY":
+                width = metadata.schema.column(c).length or 0
+            elif col.physical_type == "BYTE_ARRAY":
+                stats = col.statistics
+                width = 4
+                if stats is not None and stats.has_min_max:
+                    width += max(len(_as_bytes(stats.min)), len(_as_bytes(stats.max)))
+                else:
+                    known = False
+            total += max(col.total_uncompressed_size, col.num_values * width)
+    return total, known
+
+
+def _as_bytes(v: Any) -> bytes:
+    return v.encode("utf-8", "surrogatepass") if isinstance(v, str) else bytes(v) if isinstance(v, (bytes, bytearray)) else b""
+
+
+def _parquet(p: Path, limits: Limits) -> Iterator[dict[str, Any]]:
     import pyarrow as pa  # local: only Parquet needs it
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(p).to_pylist()
+        pf = pq.ParquetFile(p, pre_buffer=False, buffer_size=1 * MiB)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise DataFileError(f"{p}: not a readable Parquet file ({e})") from None
-    if not rows:
-        raise DataFileError(f"{p}: the file has no rows")
-    return rows
+    with pf:
+        meta = pf.metadata
+        if meta.num_rows > limits.max_rows:
+            raise DataLimitError(f"{p}: the file has {meta.num_rows} rows; this server's limit is {limits.max_rows}")
+        estimate, known = parquet_decoded_estimate(meta)
+        if estimate > limits.max_decoded_bytes:
+            raise DataLimitError(
+                f"{p}: the file would decode to at least {estimate} bytes ({p.stat().st_size} stored); "
+                f"this server's limit is {limits.max_decoded_bytes} bytes of data per file"
+            )
+        # Rows are materialised a batch at a time; without string statistics a row may be as
+        # wide as the row limit allows, so batches get small (slower, still bounded).
+        per_row = max(1, estimate // max(1, meta.num_rows), 0 if known else limits.max_row_bytes)
+        batch = max(1, min(4096, _PARQUET_BATCH_BYTES // per_row))
+        try:
+            for rb in pf.iter_batches(batch_size=batch, use_threads=False):
+                yield from rb.to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise DataFileError(f"{p}: not a readable Parquet file ({e})") from None
+
+
+def validation_rows(row_count: int, split: float) -> int:
+    """How many rows a `validation_split` takes from the training file (at least one); the
+    trainer splits by it and job creation refuses a split that leaves no training rows."""
+    return max(1, round(row_count * split))
+
+
+# --- shapes -----------------------------------------------------------------------------
 
 
 def detect_format(rows: list[dict[str, Any]]) -> Format:
     """What the rows already are: chat `messages`, `prompt`/`completion`, or neither.
 
-    Decided on the first row; `check_rows` then verifies every row has that shape.
+    Decided on the first row; `scan` then verifies every row has that shape.
     """
     if not rows:
         raise DataFileError("no rows")
@@ -119,33 +346,16 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
 def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
     """A `messages` value as a list of {role, content}; ends with an assistant turn."""
     if not isinstance(messages, list) or not messages:
-        raise DataFileError(
-            f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects"
-        )
+        raise DataFileError(f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects")
     out: list[dict[str, str]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataFileError(
-                f"row {index}: messages[{i}] must be an object with 'role' and 'content'"
-            )
+            raise DataFileError(f"row {index}: messages[{i}] must be an object with 'role' and 'content'")
         if m["role"] not in _ROLES:
-            raise DataFileError(
-                f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}"
-            )
+            raise DataFileError(f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}")
         if not isinstance(m["content"], str):
             raise DataFileError(f"row {index}: messages[{i}].content must be a string")
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "assistant":
-        raise DataFileError(
-            f"row {index}: the last message must be the assistant's (the completion to learn)"
-        )
+        raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
     return out
-
-
-def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Column names in first-seen order over all rows."""
-    seen: dict[str, None] = {}
-    for r in rows:
-        for k in r:
-            seen.setdefault(k, None)
-    return list(seen)

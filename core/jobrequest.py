@@ -43,7 +43,7 @@ def _optional_hyperparameters() -> dict[str, Any]:
 
 
 class _HyperparametersBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = None
 
@@ -72,7 +72,7 @@ HyperparametersRequest = create_model(
 
 
 class SupervisedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     hyperparameters: HyperparametersRequest | None = None
 
 
@@ -82,10 +82,24 @@ class MethodRequest(BaseModel):
     supervised: SupervisedRequest | None = None
 
 
+def _find_nul(value: Any, path: str) -> str | None:
+    """Where (a dotted path) the first string holding a NUL is, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        sub = f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}" if path else str(k)
+        if isinstance(k, str) and "\x00" in k:
+            return sub
+        if (found := _find_nul(v, sub)) is not None:
+            return found
+    return None
+
+
 class JobCreateRequest(BaseModel):
     """What a client sends. Unknown keys are refused (422 naming the key), as in JobSpec."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     # OpenAI fields.
     model: str = Field(..., min_length=1, max_length=4096)
@@ -95,11 +109,13 @@ class JobCreateRequest(BaseModel):
     method: MethodRequest | None = None
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    metadata: Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = Field(
+        None, description="Up to 16 pairs, keys up to 64 and values up to 512 characters (OpenAI's limits)"
+    )
+    integrations: list[dict[str, Any]] | None = Field(None, max_length=16)
 
     # Extensions (sent as extra_body by the OpenAI SDK).
-    revision: str | None = None
+    revision: str | None = Field(None, min_length=1, max_length=255)
     validation_split: float | None = Field(None, ge=0.0, lt=1.0)
     template: TemplateSpec | None = None
     lora: LoraSpec | None = None
@@ -109,6 +125,16 @@ class JobCreateRequest(BaseModel):
     priority: int = Field(0, ge=-100, le=100, description="Higher runs earlier within a team's share")
     trust_remote_code: bool = False
     merge: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        """A NUL cannot be stored in PostgreSQL text or JSON, nor name a path: refused here,
+        naming where it is, rather than failing in the database."""
+        where = _find_nul(data, "")
+        if where is not None:
+            raise ValueError(f"{where or 'body'}: text may not contain NUL (\\u0000) characters")
+        return data
 
     @model_validator(mode="after")
     def _one_place_for_hyperparameters(self) -> JobCreateRequest:

@@ -20,12 +20,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPEC_VERSION = 1
+# The built-in chat templates (core.training.chat_templates.BUILTIN holds their text); a
+# name the worker would not know is refused here, at create, not after queueing.
+CHAT_TEMPLATES = ("llama3", "chatml")
+MAX_STEPS = 10_000_000  # any step count or interval: far above a real run, far below int overflow
+TEMPLATE_TEXT = 64 * 1024  # characters of one template part
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo such as `learning_rte` must not silently use a default."""
+    """Unknown keys are errors: a typo such as `learning_rte` must not silently use a default.
+    Floats must be finite: NaN and Infinity (which JSON parsers accept) are refused naming
+    the field, and every number has an upper bound."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 def template_fields(fmt: str) -> list[str]:
@@ -53,10 +60,10 @@ def template_fields(fmt: str) -> list[str]:
 class TemplateSpec(_Strict):
     """How a row becomes a conversation when it is not already `messages` or prompt/completion."""
 
-    prompt: str | None = Field(None, description='User turn, e.g. "다음 글을 요약해주세요: {document}"')
-    completion: str | None = Field(None, description='Assistant turn, e.g. "{summary}"')
-    system: str | None = Field(None, description="Optional system turn (may use {column} too)")
-    chat_template: str | None = Field(
+    prompt: str | None = Field(None, max_length=TEMPLATE_TEXT, description='User turn, e.g. "다음 글을 요약해주세요: {document}"')
+    completion: str | None = Field(None, max_length=TEMPLATE_TEXT, description='Assistant turn, e.g. "{summary}"')
+    system: str | None = Field(None, max_length=TEMPLATE_TEXT, description="Optional system turn (may use {column} too)")
+    chat_template: Literal[CHAT_TEMPLATES] | None = Field(
         None,
         description="Name of a built-in chat template (e.g. 'llama3', 'chatml') used when the "
         "tokenizer has none, or to override it",
@@ -94,9 +101,9 @@ class QuantizationSpec(_Strict):
 
 class LoraSpec(_Strict):
     r: int = Field(16, ge=1, le=1024)
-    alpha: int = Field(32, ge=1)
+    alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=256)] | Literal["all-linear"] = Field(
         "all-linear", description="Module names, or all-linear (every linear layer except lm_head)"
     )
     use_dora: bool = False
@@ -105,7 +112,7 @@ class LoraSpec(_Strict):
 
 class Hyperparameters(_Strict):
     n_epochs: float = Field(3, gt=0, le=100)
-    max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps")
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Optional cap on optimizer steps")
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     batch_size: int = Field(4, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
@@ -113,14 +120,14 @@ class Hyperparameters(_Strict):
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
     ] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, le=10.0)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     max_seq_length: int = Field(2048, ge=8, le=131072)
     packing: Literal["auto", True, False] = Field(
         "auto", description="auto: pack only where attention respects sequence boundaries"
     )
     gradient_checkpointing: bool = False
-    checkpoint_every_steps: int | None = Field(None, ge=1)
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     completion_only_loss: bool = True
 
     @field_validator("packing", mode="before")
@@ -135,7 +142,7 @@ RougeMetric = Literal["loss", "perplexity", "token_accuracy", "rouge"]
 
 
 class EvaluationSpec(_Strict):
-    eval_every_steps: int | None = Field(None, ge=1)
+    eval_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     generation_samples: int = Field(8, ge=0, le=1000)
     max_new_tokens: int = Field(128, ge=1, le=8192)
     metrics: list[RougeMetric] = Field(default_factory=lambda: ["loss", "perplexity", "token_accuracy", "rouge"])
@@ -143,7 +150,7 @@ class EvaluationSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     gpus: int = Field(1, ge=0, le=64, description="GPUs on one host; 0 means a CPU slot")
-    min_gpu_memory_gb: float | None = Field(None, gt=0)
+    min_gpu_memory_gb: float | None = Field(None, gt=0, le=100_000)
 
 
 DataRef = Annotated[str, Field(min_length=1, max_length=4096)]
@@ -153,7 +160,7 @@ class JobSpec(_Strict):
     """Everything a training run needs. `hash()` identifies it for resume and reproducibility."""
 
     model: str = Field(..., min_length=1, max_length=4096, description="Hub id or local directory")
-    revision: str | None = None
+    revision: str | None = Field(None, min_length=1, max_length=255)
     training_file: DataRef
     validation_file: DataRef | None = None
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)

@@ -8,13 +8,18 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from api.deps import Services, services
+from api.errors import responses
 from core.errors import NotFound
 from core.storage import LocalStore, content_disposition, decode_download_token
 
 router = APIRouter(tags=["downloads"])
 
 
-@router.get("/v1/downloads/{token}")
+@router.get(
+    "/v1/downloads/{token}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact"}, **responses(400, 403, 404)},
+)
 def download(token: str, svc: Services = Depends(services)):
     grant = decode_download_token(token, svc.settings.secret_key)  # Forbidden (403) unless intact and unexpired
     store = svc.store

@@ -8,16 +8,17 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import Services, current_team, get_session, services
+from api.deps import Cursor, Services, current_team, get_session, services
+from api.errors import COMMON, responses
 from api.schemas import DeletedObject, FileObject, ListObject, file_object, list_of
 from core.models import Team
 from core.services import files
 from core.storage import content_disposition
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=responses(*COMMON))
 
 
-@router.post("", response_model=FileObject)
+@router.post("", response_model=FileObject, responses=responses(413))
 def upload(
     file: UploadFile = File(...),
     purpose: str = Form(...),
@@ -32,8 +33,8 @@ def upload(
 
 @router.get("", response_model=ListObject[FileObject])
 def list_files(
-    purpose: str | None = None,
-    after: str | None = None,
+    purpose: str | None = Query(None, max_length=64),
+    after: Cursor = None,
     limit: int = Query(100, ge=1, le=100),
     order: Literal["asc", "desc"] = "desc",
     team: Team = Depends(current_team),
@@ -43,12 +44,12 @@ def list_files(
     return list_of([file_object(f) for f in page.data], page.has_more)
 
 
-@router.get("/{file_id}", response_model=FileObject)
+@router.get("/{file_id}", response_model=FileObject, responses=responses(404))
 def retrieve(file_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     return file_object(files.get_file(session, team.id, file_id))
 
 
-@router.delete("/{file_id}", response_model=DeletedObject)
+@router.delete("/{file_id}", response_model=DeletedObject, responses=responses(404, 409, 413))
 def delete(
     file_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session), svc: Services = Depends(services)
 ):
@@ -57,7 +58,11 @@ def delete(
     return DeletedObject(id=f.id)
 
 
-@router.get("/{file_id}/content")
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file as uploaded"}, **responses(404)},
+)
 def content(
     file_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session), svc: Services = Depends(services)
 ):

@@ -10,13 +10,14 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Header, Query
 from sqlalchemy.orm import Session
 
-from api.deps import Services, current_team, get_session, services
+from api.deps import Cursor, Services, current_team, get_session, services
+from api.errors import COMMON, responses
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team
 from core.services import jobs, scheduling
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"], responses=responses(*COMMON))
 
 
 def _commit(session: Session, job) -> FineTuningJob:
@@ -25,7 +26,7 @@ def _commit(session: Session, job) -> FineTuningJob:
     return job_object(job)
 
 
-@router.post("", response_model=FineTuningJob)
+@router.post("", response_model=FineTuningJob, responses=responses(404, 409, 413, 429))
 def create(
     body: JobCreateRequest,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
@@ -39,7 +40,7 @@ def create(
     return _commit(session, job)
 
 
-@router.post("/validate", response_model=ValidationReport)
+@router.post("/validate", response_model=ValidationReport, responses=responses(404, 413))
 def validate(
     body: JobCreateRequest,
     team: Team = Depends(current_team),
@@ -57,7 +58,7 @@ def validate(
 
 @router.get("", response_model=ListObject[FineTuningJob])
 def list_jobs(
-    after: str | None = None,
+    after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
@@ -66,7 +67,7 @@ def list_jobs(
     return list_of([job_object(j) for j in page.data], page.has_more)
 
 
-@router.get("/{job_id}", response_model=FineTuningJob)
+@router.get("/{job_id}", response_model=FineTuningJob, responses=responses(404))
 def retrieve(
     job_id: str,
     team: Team = Depends(current_team),
@@ -78,20 +79,20 @@ def retrieve(
     return job_object(job, scheduling.explain(session, job, heartbeat_timeout=timeout))
 
 
-@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+@router.post("/{job_id}/cancel", response_model=FineTuningJob, responses=responses(404, 409, 413))
 def cancel(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     job = jobs.cancel_job(session, team.id, job_id)
     session.commit()
     return job_object(job)
 
 
-@router.post("/{job_id}/pause", response_model=FineTuningJob)
+@router.post("/{job_id}/pause", response_model=FineTuningJob, responses=responses(404, 409, 413))
 def pause(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     job = jobs.pause_job(session, team.id, job_id)
     session.commit()
     return job_object(job)
 
 
-@router.post("/{job_id}/resume", response_model=FineTuningJob)
+@router.post("/{job_id}/resume", response_model=FineTuningJob, responses=responses(404, 409, 413, 429))
 def resume(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     return _commit(session, jobs.resume_job(session, team.id, job_id))

@@ -12,7 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
-from api.deps import Services, current_team, get_session, services
+from api.deps import Cursor, Services, current_team, get_session, services
+from api.errors import COMMON, responses
 from api.schemas import (
     ArtifactObject,
     CheckpointObject,
@@ -30,16 +31,17 @@ from api.schemas import (
 )
 from core.models import Team
 from core.services import artifacts, jobs
+from core.spec import MAX_STEPS
 from core.states import is_terminal
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning runs"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning runs"], responses=responses(*COMMON, 404))
 STREAM_POLL_SECONDS = 1.0
 
 
 @router.get("/events", response_model=ListObject[JobEventObject])
 def list_events(
     job_id: str,
-    after: str | None = None,
+    after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     order: Literal["asc", "desc"] = Query("desc", description="desc (OpenAI's order) or asc, for tailing"),
     team: Team = Depends(current_team),
@@ -52,7 +54,7 @@ def list_events(
 @router.get("/checkpoints", response_model=ListObject[CheckpointObject])
 def list_checkpoints(
     job_id: str,
-    after: str | None = None,
+    after: Cursor = None,
     limit: int = Query(10, ge=1, le=100),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
@@ -65,8 +67,8 @@ def list_checkpoints(
 @router.get("/metrics", response_model=MetricSeries)
 def metrics(
     job_id: str,
-    from_step: int | None = Query(None, ge=0),
-    to_step: int | None = Query(None, ge=0),
+    from_step: int | None = Query(None, ge=0, le=MAX_STEPS),
+    to_step: int | None = Query(None, ge=0, le=MAX_STEPS),
     max_points: int = Query(500, ge=1, le=jobs.MAX_POINTS),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
@@ -88,7 +90,7 @@ def artifact_link(
     return SignedLink(url=url, expires_at=expires_at if isinstance(expires_at, int) else unix(expires_at))
 
 
-@router.get("/stream")
+@router.get("/stream", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}})
 async def stream(job_id: str, team: Team = Depends(current_team), svc: Services = Depends(services)):
     """`status` whenever status/phase/step change, `event` per new event, `metrics` per new
     point; the stream ends after the job reaches a terminal status."""

@@ -8,13 +8,14 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from api.deps import Services, current_team, get_session, services
+from api.errors import responses
 from api.schemas import ListObject, WorkerObject, list_of, worker_object
 from core.models import Team, Worker
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/v1/workers", response_model=ListObject[WorkerObject])
+@router.get("/v1/workers", response_model=ListObject[WorkerObject], responses=responses(400, 401))
 def list_workers(_team: Team = Depends(current_team), session: Session = Depends(get_session)):
     rows = session.scalars(select(Worker).order_by(Worker.last_heartbeat.desc())).all()
     return list_of([worker_object(w) for w in rows])
@@ -26,7 +27,7 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "The database or the broker cannot be reached"}})
 def readyz(svc: Services = Depends(services)):
     checks = {"database": False, "broker": False}
     try:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.datafiles import SUPPORTED_SUFFIXES, DataFileError, check_messages, columns, detect_format, read_rows
+from core.datafiles import SUPPORTED_SUFFIXES, DataFileError, DataLimitError, scan
 from core.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from core.models import File, Job, new_id, utcnow
 from core.services.pagination import Page, paginate
@@ -30,10 +30,7 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-def _check_rows(rows: list[dict]) -> None:
-    if detect_format(rows) == "messages":
-        for index, row in enumerate(rows):
-            check_messages(row.get("messages"), index)
+MAX_FILENAME = 255  # a file name, not a path: longer ones are refused, not truncated
 
 
 def upload_file(
@@ -43,6 +40,10 @@ def upload_file(
     if purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}", param="purpose")
     name = Path(filename or "").name
+    if len(name) > MAX_FILENAME:
+        raise InvalidRequest(f"the file name is {len(name)} characters long; at most {MAX_FILENAME} are allowed", param="file")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidRequest(f"the file name {name!r} contains control characters", param="file")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise InvalidRequest(
@@ -60,14 +61,13 @@ def upload_file(
         if size == 0:
             raise InvalidRequest(f"file {name!r} is empty", param="file")
         try:
-            rows = read_rows(local)
-            _check_rows(rows)
+            summary = scan(local, settings.data_limits)
         except DataFileError as e:
             message = str(e).replace(str(local), name)
             message = message if message.startswith(name) else f"{name}: {message}"
+            if isinstance(e, DataLimitError):
+                raise TooLarge(message, param="file") from None
             raise InvalidRequest(message, param="file", code="invalid_file") from None
-        if len(rows) > settings.max_upload_rows:
-            raise TooLarge(f"file {name!r} has {len(rows)} rows; this server's limit is {settings.max_upload_rows}", param="file")
         file_id = new_id("file")
         key = f"files/{team_id}/{file_id}{suffix}"
         store.put_file(key, local)
@@ -80,12 +80,17 @@ def upload_file(
         sha256=sha256,
         storage_key=key,
         format=FORMATS[suffix],
-        row_count=len(rows),
-        columns=columns(rows),
+        row_count=summary.row_count,
+        columns=summary.columns,
         status="processed",
     )
-    session.add(f)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(f)
+    except Exception:
+        # The row did not go in: the object must not stay behind in the store, unowned.
+        store.delete(key)
+        raise
     return f
 
 

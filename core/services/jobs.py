@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.datafiles import detect_format
+from core.datafiles import detect_format, validation_rows
 from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
 from core.jobrequest import JobCreateRequest
 from core.models import Checkpoint, File, Job, JobEvent, Metric, Team
@@ -43,10 +43,9 @@ def check_model(settings: Settings, model: str) -> None:
     points elsewhere is refused like the outside path itself.
     """
     if model.startswith(("/", "~", ".")) or "\\" in model or model.startswith("file:"):
-        path = Path(model.removeprefix("file://")).expanduser()
-        try:
-            resolved = path.resolve(strict=True)
-        except (OSError, RuntimeError):
+        try:  # `~nobody/x` cannot be expanded (RuntimeError), a NUL cannot name a path (ValueError)
+            resolved = Path(model.removeprefix("file://")).expanduser().resolve(strict=True)
+        except (OSError, RuntimeError, ValueError):
             resolved = None
         roots = [Path(r).expanduser().resolve() for r in settings.model_roots]
         if resolved is None or not resolved.is_dir() or not any(resolved.is_relative_to(r) for r in roots):
@@ -67,13 +66,14 @@ def check_model(settings: Settings, model: str) -> None:
         raise InvalidRequest(f"model {model!r} is not in this server's model allowlist", param="model", code="model_not_allowed")
 
 
-def _check_data(session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec) -> None:
+def _check_data(session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec) -> File | None:
     if ref.startswith(HUB_DATA_PREFIX):
         if not settings.allow_hub_datasets:
             raise InvalidRequest(f"{param}: hub datasets ({HUB_DATA_PREFIX}...) are not allowed on this server", param=param)
-        return  # columns unknown until the worker downloads it
+        return None  # columns unknown until the worker downloads it
     f = get_file(session, team_id, ref, param=param)
     check_template_columns(f, template)
+    return f
 
 
 def check_template_columns(f: File, template: TemplateSpec) -> None:
@@ -106,7 +106,13 @@ def check_request(session: Session, settings: Settings, team_id: str, request: J
     check_model(settings, spec.model)
     if spec.trust_remote_code and not settings.allow_trust_remote_code:
         raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
-    _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template)
+    train = _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template)
+    if train is not None and not spec.validation_file and spec.validation_split > 0:
+        if validation_rows(train.row_count, spec.validation_split) >= train.row_count:
+            raise InvalidRequest(
+                f"validation_split {spec.validation_split} of file {train.id}'s {train.row_count} rows leaves no training rows",
+                param="validation_split",
+            )
     if spec.validation_file:
         _check_data(session, settings, team_id, spec.validation_file, "validation_file", spec.template)
     return spec
@@ -248,9 +254,12 @@ def _event_cursor(after: str | None) -> int | None:
     if after is None:
         return None
     try:
-        return int(after.removeprefix(EVENT_PREFIX))
+        n = int(after.removeprefix(EVENT_PREFIX))
     except ValueError:
-        raise InvalidRequest(f"after={after!r} is not an event id", param="after") from None
+        n = -1
+    if not 0 <= n < 2**63:  # event ids are BIGINTs: a 20-digit "id" is no event, not a database error
+        raise InvalidRequest(f"after={after[:80]!r} is not an event id", param="after")
+    return n
 
 
 def list_events(

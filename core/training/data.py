@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.datafiles import DataFileError, read_rows
+from core.datafiles import DataFileError, read_rows, validation_rows
 from core.prompts import render_row
 from core.spec import JobSpec
 from core.training.encoding import encode, ends_with_terminator, resolve_chat_template, turn_terminator
@@ -66,7 +66,7 @@ def split_rows(spec: JobSpec) -> tuple[list[tuple[int, dict]], list[tuple[int, d
     if spec.validation_split > 0:
         order = list(range(len(train)))
         random.Random(spec.seed).shuffle(order)
-        n_val = max(1, round(len(train) * spec.validation_split))
+        n_val = validation_rows(len(train), spec.validation_split)
         if n_val >= len(train):
             raise TrainingInputError(
                 f"validation_split: {spec.validation_split} leaves no training rows"
