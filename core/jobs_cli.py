@@ -66,11 +66,13 @@ def list_(limit: int = typer.Option(20, min=1, max=100, help="Newest N jobs")) -
         data = _client().list_jobs(limit=limit)["data"]
     except ApiError as e:
         _fail(e)
-    table = Table("id", "status", "progress", "model", "suffix", "created", "loss")
+    from rich.table import Column
+
+    table = Table(Column("id", no_wrap=True), "status", "progress", "model", "suffix", "created", "loss")
     for j in data:
         steps = f"{j['step'] or 0}/{j['total_steps']}" if j.get("total_steps") else ""
         loss = (j.get("latest_metrics") or {}).get("loss")
-        table.add_row(j["id"], j["status"], steps, j["model"], j.get("suffix") or "", _when(j["created_at"]),
+        table.add_row(j["id"], j["status"], steps, j["model"].rstrip("/").rsplit("/", 1)[-1], j.get("suffix") or "", _when(j["created_at"]),
                       f"{loss:.4f}" if isinstance(loss, int | float) else "")
     Console().print(table)
 

@@ -10,6 +10,7 @@
     ["loss", "Training loss"], ["eval_loss", "Eval loss"], ["learning_rate", "Learning rate"],
     ["grad_norm", "Grad norm"], ["tokens_per_second", "Tokens / s"],
   ];
+  const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];
   const main = document.getElementById("main");
   let cleanup = [];  // what the current page must stop when another one opens
 
@@ -303,7 +304,7 @@
       const plot = new uPlot({
         width: 400, height: 180,
         scales: { x: { time: false } },
-        axes: [{ label: "step" }, { size: 60 }],
+        axes: [{ label: "step", incrs: STEP_INCRS }, { size: 70, values: (u, ticks) => ticks.map((v) => fmt.num(v)) }],
         series: [{ label: "step" }, { label: title, stroke: key.startsWith("eval") ? "#c4321c" : "#2f6fdf", width: 2, points: { show: true, size: 4 }, spanGaps: true }],
         cursor: { drag: { x: true, y: false } },
         hooks: { setScale: [(u, k) => {
@@ -464,12 +465,13 @@
       for (const k of ["rows_read", "rows_used", "train_rows", "validation_rows", "dropped", "truncated", "max_seq_length"]) if (k in r) summary[k.replace(/_/g, " ")] = r[k];
       const rest = { ...r };
       for (const k of ["rows_read", "rows_used", "train_rows", "validation_rows", "dropped", "truncated", "max_seq_length", "dropped_by_reason", "dropped_rows", "train_tokens", "validation_tokens"]) delete rest[k];
-      dataset.replaceChildren(
+      dataset.replaceChildren(...[
         renderValue(summary),
         h("h3", {}, "Dropped, by reason"), renderValue(r.dropped_by_reason || {}),
         r.dropped_rows && r.dropped_rows.length ? [h("h3", {}, "Dropped rows"), renderValue(r.dropped_rows)] : null,
         h("h3", {}, "Tokens per example"), renderValue({ train: r.train_tokens, validation: r.validation_tokens }),
-        Object.keys(rest).length ? [h("h3", {}, "Other"), renderValue(rest)] : null);
+        Object.keys(rest).length ? [h("h3", {}, "Other"), renderValue(rest)] : null,
+      ].flat().filter(Boolean));
     }
 
     /** Evaluation: metrics, then samples side by side. Handles per-sample `base`/`tuned`
