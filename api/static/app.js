@@ -518,10 +518,16 @@
       await Promise.all([loadCheckpoints(), loadArtifacts()]);
     }
 
-    async function initial() {
-      await refresh();
+    /** The whole series again: a point can gain values after it was streamed (the final
+     * evaluation is written onto the last training step). */
+    async function loadMetrics() {
       const series = await api(`${base}/metrics?max_points=2000`);
       for (const p of series.data) charts.add(p.step, p.values);
+    }
+
+    async function initial() {
+      await refresh();
+      await loadMetrics();
       let after = null;
       for (let i = 0; i < 20; i++) {
         const page = await api(`${base}/events?order=asc&limit=100${after ? `&after=${after}` : ""}`);
@@ -536,7 +542,7 @@
     cleanup.push(() => abort.abort());
     async function follow() {
       let lastId = null;
-      let lastStatus = job.status, lastStep = job.step;
+      let lastStatus = job.status, lastStep = job.step, lastPhase = job.phase;
       while (!abort.signal.aborted) {
         try {
           lastId = await streamEvents(`${base}/stream`, (type, data) => {
@@ -545,7 +551,9 @@
             else if (type === "status") {
               Object.assign(job, { status: data.status, phase: data.phase, step: data.step, total_steps: data.total_steps });
               drawHeader();
+              if (data.status !== lastStatus || data.phase !== lastPhase) loadMetrics().catch(console.error);
               if (data.status !== lastStatus || (data.step !== lastStep && data.step % 5 === 0)) refresh().catch(console.error);
+              lastPhase = data.phase;
               lastStatus = data.status;
               lastStep = data.step;
             }
@@ -555,7 +563,7 @@
           console.warn("stream", e);
         }
         await refresh().catch(console.error);
-        if (TERMINAL.has(job.status)) return;
+        if (TERMINAL.has(job.status)) { await loadMetrics().catch(console.error); return; }
         await new Promise((r) => setTimeout(r, 2000));
       }
     }
