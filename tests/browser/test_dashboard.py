@@ -103,6 +103,10 @@ def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_mode
     expect(row.locator("[data-status]")).to_have_attribute("data-status", "succeeded")
     expect(row).to_contain_text("web")
     d.shot("jobs")
+    page.select_option("#status-filter", "failed")
+    expect(row).to_have_count(0)
+    page.select_option("#status-filter", "succeeded")
+    expect(row).to_have_count(1)
 
 
 def test_pool_shows_other_teams_only_as_counts_and_jobs_cancel_from_the_page(dashboard, client_a, key_a, key_b, e2e_api):
