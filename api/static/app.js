@@ -474,40 +474,48 @@
       ].flat().filter(Boolean));
     }
 
-    /** Evaluation: metrics, then samples side by side. Handles per-sample `base`/`tuned`
-     * outputs and report-level `base`/`tuned` sections; anything else is shown as data. */
+    /** Evaluation: metrics, then samples side by side. Reads a base-vs-fine-tuned report in
+     * the shapes it may take (report-level `base`/`tuned` sections, `metrics.base`/`.tuned`,
+     * `base_metrics`; per-sample `base`/`base_output`/`base_prediction` next to the tuned
+     * output); whatever else the report holds is shown as data under "Details". */
     function drawEvaluation(r) {
       const out = [];
-      const text = (x) => (x === null || x === undefined ? "" : typeof x === "object" ? x.prediction ?? x.output ?? x.text ?? JSON.stringify(x) : String(x));
-      const metricsOf = (x) => (x && typeof x === "object" && x.metrics) || null;
-      const base = r.base && typeof r.base === "object" ? r.base : null;
-      const tuned = r.tuned && typeof r.tuned === "object" ? r.tuned : null;
-      if (base || tuned) {
-        const bm = metricsOf(base) || {}, tm = metricsOf(tuned) || r.metrics || {};
-        const keys = [...new Set([...Object.keys(bm), ...Object.keys(tm)])];
-        if (keys.length) out.push(h("div", { class: "scroll" }, h("table", { id: "eval-metrics" },
-          h("thead", {}, h("tr", {}, h("th", {}, "Metric"), h("th", {}, "Base"), h("th", {}, "Fine-tuned"))),
-          h("tbody", {}, keys.map((k) => h("tr", {}, h("td", {}, k), h("td", {}, fmt.num(bm[k])), h("td", {}, fmt.num(tm[k]))))))));
-      } else if (r.metrics && Object.keys(r.metrics).length) {
-        out.push(h("div", { id: "eval-metrics" }, renderValue(r.metrics)));
+      const obj = (x) => (x && typeof x === "object" && !Array.isArray(x) ? x : null);
+      const isMetrics = (x) => obj(x) && Object.values(x).some((v) => typeof v === "number");
+      const first = (o, keys) => { for (const k of keys) if (o && o[k] !== undefined && o[k] !== null) return o[k]; return undefined; };
+      const text = (x) => (x === undefined || x === null ? "" : obj(x) ? String(first(x, ["prediction", "output", "text"]) ?? JSON.stringify(x)) : String(x));
+      const base = obj(r.base), tuned = obj(r.tuned) || obj(r.fine_tuned);
+      const m = obj(r.metrics) || {};
+      const baseMetrics = [base && base.metrics, m.base, r.base_metrics, base].find(isMetrics);
+      const tunedMetrics = [tuned && tuned.metrics, m.tuned, m.fine_tuned, r.tuned_metrics, tuned, m].find(isMetrics) || {};
+      if (baseMetrics) {
+        const keys = [...new Set([...Object.keys(baseMetrics), ...Object.keys(tunedMetrics)])]
+          .filter((k) => typeof baseMetrics[k] === "number" || typeof tunedMetrics[k] === "number");
+        out.push(h("div", { class: "scroll" }, h("table", { id: "eval-metrics" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Metric"), h("th", {}, "Base model"), h("th", {}, "Fine-tuned"))),
+          h("tbody", {}, keys.map((k) => h("tr", {}, h("td", {}, k), h("td", {}, fmt.num(baseMetrics[k])), h("td", {}, fmt.num(tunedMetrics[k]))))))));
+      } else if (Object.keys(m).length) {
+        out.push(h("div", { id: "eval-metrics" }, renderValue(m)));
       }
       // Samples: the tuned list (or the plain one), joined with base outputs by row or index.
-      const tunedSamples = (tuned && tuned.samples) || r.samples || [];
-      const baseSamples = (base && base.samples) || [];
-      const baseByRow = new Map(baseSamples.map((s, i) => [s.row ?? i, s]));
-      const samples = tunedSamples.map((s, i) => {
-        const cols = [["Prompt", s.prompt], ["Reference", s.reference]];
-        const b = s.base ?? (baseByRow.get(s.row ?? i));
+      const list = (x) => (Array.isArray(x) ? x : []);
+      const tunedSamples = list(tuned && tuned.samples).length ? tuned.samples : list(r.samples);
+      const baseByRow = new Map(list(base && base.samples).map((x, i) => [x.row ?? i, x]));
+      const samples = tunedSamples.map((x, i) => {
+        const cols = [["Prompt", x.prompt], ["Reference", x.reference]];
+        const b = first(x, ["base", "base_output", "base_prediction"]) ?? baseByRow.get(x.row ?? i);
         if (b !== undefined) cols.push(["Base model", text(b)]);
-        cols.push([b !== undefined ? "Fine-tuned" : "Output", text(s.tuned ?? s.prediction ?? s.output)]);
-        return h("div", { class: "sample" }, cols.map(([label, v]) => h("div", {}, h("b", {}, label), v ?? "")));
+        cols.push([b !== undefined ? "Fine-tuned" : "Output", text(first(x, ["tuned", "tuned_output", "tuned_prediction", "fine_tuned", "prediction", "output"]))]);
+        return h("div", { class: "sample" }, cols.map(([label, v]) => h("div", {}, h("b", {}, label), v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v))));
       });
       if (samples.length) {
         out.push(h("details", { id: "eval-samples" }, h("summary", {}, `Samples (${samples.length})`), h("div", { class: "samples" }, samples)));
       } else if (r.note) out.push(h("p", { class: "muted" }, r.note));
-      const known = new Set(["metrics", "samples", "base", "tuned", "note", "global_step"]);
+      const known = new Set(["metrics", "samples", "base", "tuned", "fine_tuned", "base_metrics", "tuned_metrics", "note", "global_step"]);
       const rest = Object.fromEntries(Object.entries(r).filter(([k]) => !known.has(k)));
-      for (const section of [base, tuned]) if (section) for (const [k, v] of Object.entries(section)) if (k !== "metrics" && k !== "samples") rest[`${section === base ? "base" : "tuned"}.${k}`] = v;
+      for (const [name, section] of [["base", base], ["tuned", tuned]]) {
+        if (section) for (const [k, v] of Object.entries(section)) if (k !== "metrics" && k !== "samples" && section !== baseMetrics && section !== tunedMetrics) rest[`${name}.${k}`] = v;
+      }
       if (Object.keys(rest).length) out.push(h("h3", {}, "Details"), renderValue(rest));
       evaluation.replaceChildren(...(out.length ? out : [h("span", { class: "muted" }, "empty report")]));
     }

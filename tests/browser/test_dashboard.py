@@ -32,7 +32,7 @@ def test_wrong_key_is_refused_and_nothing_is_kept(dashboard):
     assert d.context.cookies() == []
 
 
-def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_model, client_a, tmp_path):
+def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_model, client_a, e2e_api, tmp_path):
     d = dashboard()
     d.sign_in(key_a)
     page = d.page
@@ -98,6 +98,9 @@ def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_mode
     d.shot("job-page-top", full_page=False)
     assert shot.stat().st_size > 0
 
+    for report in BASE_VS_TUNED:
+        show_base_vs_tuned(page, e2e_api, report)
+
     page.click("nav a[data-page=jobs]")
     row = page.locator(f"#jobs tr[data-job='{job_id}']")
     expect(row.locator("[data-status]")).to_have_attribute("data-status", "succeeded")
@@ -107,6 +110,36 @@ def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_mode
     expect(row).to_have_count(0)
     page.select_option("#status-filter", "succeeded")
     expect(row).to_have_count(1)
+
+
+PROMPT = "다음 글을 요약해주세요: 서울시는 새 자전거 도로를 열었다."
+BASE_VS_TUNED = [
+    # Report-level sections, samples joined by row.
+    {"base": {"metrics": {"eval_loss": 3.25, "rouge1": 0.12}, "samples": [{"row": 3, "prompt": PROMPT, "reference": "자전거 도로 개통", "prediction": "기본 모델 출력"}]},
+     "tuned": {"metrics": {"eval_loss": 1.5, "rouge1": 0.61}, "samples": [{"row": 3, "prompt": PROMPT, "reference": "자전거 도로 개통", "prediction": "튜닝된 출력"}]},
+     "num_eval_rows": 2},
+    # Metrics nested under metrics.base/.tuned, both outputs on each sample.
+    {"metrics": {"base": {"eval_loss": 3.25, "rouge1": 0.12}, "tuned": {"eval_loss": 1.5, "rouge1": 0.61}},
+     "samples": [{"prompt": PROMPT, "reference": "자전거 도로 개통", "base_output": "기본 모델 출력", "tuned_output": "튜닝된 출력"}]},
+]
+
+
+def show_base_vs_tuned(page, api: str, report: dict) -> None:
+    """The evaluation section given a base-vs-fine-tuned report (the shapes the evaluation
+    may write), served in place of this job's own report."""
+    page.unroute_all()
+    page.route("**/artifacts/eval_report.json", lambda route: route.fulfill(json={"url": f"{api}/test-report.json", "expires_at": 0}))
+    page.route("**/test-report.json", lambda route: route.fulfill(json=report))
+    page.reload()
+    metrics = page.locator("#eval-metrics")
+    expect(metrics).to_contain_text("Base model")
+    expect(metrics.locator("tr", has_text="rouge1")).to_contain_text("0.12")
+    expect(metrics.locator("tr", has_text="rouge1")).to_contain_text("0.61")
+    page.click("#eval-samples summary")
+    sample = page.locator("#eval-samples .sample").first
+    for text in ("Base model", "기본 모델 출력", "Fine-tuned", "튜닝된 출력", "자전거 도로 개통", PROMPT):
+        expect(sample).to_contain_text(text)
+    page.unroute_all()
 
 
 def test_pool_shows_other_teams_only_as_counts_and_jobs_cancel_from_the_page(dashboard, client_a, key_a, key_b, e2e_api):
