@@ -109,6 +109,8 @@
     constructor(status, message, param) { super(message); this.status = status; this.param = param; }
   }
   const apiKey = () => sessionStorage.getItem(KEY_STORE);
+  // Relative to the page, so a dashboard served under a proxy prefix (/tuneforge/) calls /tuneforge/v1/...
+  const rel = (path) => path.replace(/^\//, "");
   const etags = new Map();  // GET path -> {etag, body}: a poll the server answers 304 costs no body
 
   async function api(path, { method = "GET", json, form } = {}) {
@@ -118,7 +120,7 @@
     if (form) body = form;
     const cached = method === "GET" ? etags.get(path) : undefined;
     if (cached) headers["If-None-Match"] = cached.etag;
-    const res = await fetch(path, { method, headers, body, cache: "no-store" });
+    const res = await fetch(rel(path), { method, headers, body, cache: "no-store" });
     if (res.status === 304 && cached) return cached.body;
     if (res.status === 401) { signOut("Your API key was refused; sign in again."); throw new ApiError(401, "unauthorized"); }
     const text = await res.text();
@@ -137,7 +139,7 @@
   async function streamEvents(path, onEvent, signal, lastId) {
     const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "text/event-stream" };
     if (lastId) headers["Last-Event-ID"] = lastId;
-    const res = await fetch(path, { headers, signal, cache: "no-store" });
+    const res = await fetch(rel(path), { headers, signal, cache: "no-store" });
     if (!res.ok) throw new ApiError(res.status, `stream: HTTP ${res.status}`);
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = "";
@@ -250,23 +252,27 @@
       }));
       note.textContent = jobs.length ? `${shown.length} of ${jobs.length} jobs` : "No jobs yet — create one on the New job page.";
     }
+    let pages = 1;  // pages of 100 kept live; "Show older jobs" adds one
+    const more = h("button", { type: "button", id: "older", hidden: true, onclick: () => { pages++; load().catch((e) => showError(note, e)); } }, "Show older jobs");
     async function load() {
       const out = [];
-      let after = null;
-      for (let page = 0; page < 5; page++) {  // the newest 500
+      let after = null, hasMore = false;
+      for (let page = 0; page < pages; page++) {
         const res = await api(`/v1/fine_tuning/jobs?limit=100${after ? `&after=${after}` : ""}`);
         out.push(...res.data);
-        if (!res.has_more) break;
+        hasMore = res.has_more;
+        if (!hasMore) break;
         after = res.last_id;
       }
       jobs = out;
+      more.hidden = !hasMore;
       draw();
     }
     main.replaceChildren(
       h("div", { class: "row" }, h("h1", {}, "Jobs"), h("span", { class: "spacer" }), h("label", {}, "Status", filter)),
       h("div", { class: "card scroll" }, h("table", { id: "jobs" },
         h("thead", {}, h("tr", {}, ["Status", ["Phase", 1], "Progress", ["Queue", 1], ["Est. start", 1], ["Finish", 1], "Model", "Suffix", ["Created", 1], "Loss"]
-          .map((c) => (Array.isArray(c) ? h("th", { class: "hide-sm" }, c[0]) : h("th", {}, c))))), body), note));
+          .map((c) => (Array.isArray(c) ? h("th", { class: "hide-sm" }, c[0]) : h("th", {}, c))))), body), note, more));
     load().catch((e) => showError(note, e));
     every(2000, load);
   }
