@@ -303,7 +303,7 @@
     const points = new Map();  // step -> values
     let zoom = null;  // [from, to] or null
     let syncing = false;
-    const width = () => Math.max(260, (container.querySelector(".chart") || container).clientWidth - 16);
+    const width = () => Math.max(200, (container.querySelector(".chart") || container).clientWidth - 18);
     for (const [key, title] of CHARTS) {
       const box = h("div", { class: "chart", dataset: { metric: key, points: "0" } }, h("h3", {}, title));
       container.append(box);
@@ -311,7 +311,7 @@
         width: 400, height: 180,
         scales: { x: { time: false } },
         axes: [{ label: "step", incrs: STEP_INCRS }, { size: 70, values: (u, ticks) => ticks.map((v) => fmt.num(v)) }],
-        series: [{ label: "step" }, { label: title, stroke: key.startsWith("eval") ? "#c4321c" : "#2f6fdf", width: 2, points: { show: true, size: 4 }, spanGaps: true }],
+        series: [{ label: "step" }, { label: title, stroke: key.startsWith("eval") ? "#c4321c" : "#2f6fdf", width: 2, points: { show: true, size: key.startsWith("eval") ? 7 : 4 }, spanGaps: true }],
         cursor: { drag: { x: true, y: false } },
         hooks: { setScale: [(u, k) => {
           if (k !== "x" || syncing) return;
@@ -337,10 +337,16 @@
     }
     let pending = false;
     const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; redraw(); }); } };
-    const resize = () => { const w = width(); for (const { plot } of charts.values()) plot.setSize({ width: w, height: 180 }); };
-    window.addEventListener("resize", resize);
-    cleanup.push(() => { window.removeEventListener("resize", resize); for (const { plot } of charts.values()) plot.destroy(); });
-    requestAnimationFrame(resize);
+    let lastWidth = 0;
+    const resize = () => {
+      const w = width();
+      if (w === lastWidth) return;
+      lastWidth = w;
+      for (const { plot } of charts.values()) plot.setSize({ width: w, height: 180 });
+    };
+    const observer = new ResizeObserver(() => requestAnimationFrame(resize));  // the grid's cells, not the window
+    observer.observe(container);
+    cleanup.push(() => { observer.disconnect(); for (const { plot } of charts.values()) plot.destroy(); });
     return {
       add(step, values) { points.set(step, { ...(points.get(step) || {}), ...values }); schedule(); },
       setZoom(range) { zoom = range; schedule(); },
