@@ -644,7 +644,8 @@
       const el = h("input", { id, type: "number", value, ...attrs });
       return [el, h("label", {}, label, el)];
     };
-    const model = h("input", { id: "model", placeholder: "owner/name or a directory in a model root", style: "width:100%" });
+    const models = h("datalist", { id: "models-used" });
+    const model = h("input", { id: "model", list: "models-used", placeholder: "owner/name or a directory in a model root", style: "width:100%" });
     const suffix = h("input", { id: "suffix", placeholder: "my-run", pattern: "[A-Za-z0-9_.-]*" });
     const [epochs, epochsL] = num("n_epochs", "Epochs", 3, { step: "any", min: 0 });
     const [maxSteps, maxStepsL] = num("max_steps", "Max steps (optional)", "", { min: 1 });
@@ -733,7 +734,7 @@
       h("div", { class: "card" }, h("h2", {}, "1. Training data"),
         h("div", { class: "form-grid" }, h("label", {}, "Upload a file (JSONL, CSV, Parquet)", fileIn), h("label", {}, "or pick one", fileSel)), fileInfo),
       h("div", { class: "card" }, h("h2", {}, "2. Model and template"),
-        h("label", {}, "Base model", model), h("p", {}),
+        h("label", {}, "Base model (your team's earlier models are suggested)", model, models), h("p", {}),
         h("div", { class: "form-grid" }, h("label", {}, "Prompt column", promptCol), h("label", {}, "Completion column", completionCol)),
         h("p", { class: "muted" }, "Templates may add text around {column} fields. Files with messages or prompt/completion columns need no template."),
         h("div", { class: "form-grid" }, h("label", {}, "User turn template", promptT), h("label", {}, "Assistant turn template", completionT))),
@@ -741,6 +742,11 @@
         h("div", { class: "form-grid" }, epochsL, maxStepsL, lrL, batchL, seqLenL, everyL, rankL, splitL, samplesL, newTokensL, gpusL, h("label", {}, "Suffix", suffix))),
       h("div", { class: "row" }, validateBtn, createBtn), h("p", {}), result);
     loadFiles().catch((e) => showError(result, e));
+    api("/v1/fine_tuning/jobs?limit=100").then((res) => {
+      const seen = [...new Set(res.data.map((j) => j.model))];
+      models.replaceChildren(...seen.map((m) => h("option", { value: m })));
+      if (!model.value && seen.length) model.value = seen[0];
+    }).catch(() => {});
   }
 
   // --- routing ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def test_wrong_key_is_refused_and_nothing_is_kept(dashboard):
     d.page.fill("#api-key", "tf-not-a-real-key")
     d.page.click("form.signin button[type=submit]")
     expect(d.page.locator("form.signin .error")).to_contain_text("sign in again")
+    d.shot("sign-in")
     assert d.page.evaluate("sessionStorage.length") == 0
     assert d.context.cookies() == []
 
