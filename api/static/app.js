@@ -264,6 +264,14 @@
         if (!hasMore) break;
         after = res.last_id;
       }
+      // Waiting jobs whose list entry carries no queue position get it from their own
+      // object (at most 10 a poll); a server that stores positions on the list costs nothing here.
+      const unplaced = out.filter((j) => j.status === "queued" && j.queue_position == null).slice(0, 10);
+      await Promise.all(unplaced.map((j) => api(`/v1/fine_tuning/jobs/${j.id}`).then((full) => {
+        j.queue_position = full.queue_position;
+        j.queue_reason = full.queue_reason;
+        j.estimated_start = full.estimated_start;
+      }).catch(() => {})));
       jobs = out;
       more.hidden = !hasMore;
       draw();

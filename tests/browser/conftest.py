@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from core.services.auth import create_api_key, create_team
 
 # The end-to-end stack's fixtures (a real API, worker and model), shared with tests/e2e.
-from tests.e2e.conftest import Client, celery_worker, e2e_api, e2e_env, e2e_key, e2e_model  # noqa: F401
+from tests.e2e.conftest import Client, celery_worker, e2e_api, e2e_env, e2e_model  # noqa: F401
 
 CHROMIUM = os.environ.get("TUNEFORGE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("TUNEFORGE_SCREENSHOTS") or Path(__file__).parent / "screenshots")

@@ -162,6 +162,13 @@ def test_pool_shows_other_teams_only_as_counts_and_jobs_cancel_from_the_page(das
     assert running.id not in html and waiting.id not in html
     b.shot("pool-other-team")
 
+    desk = dashboard()
+    desk.sign_in(key_a)
+    queued_row = desk.page.locator(f"#jobs tr[data-job='{waiting.id}']")
+    expect(queued_row).to_contain_text("#1")  # its place in the queue, and why it waits
+    expect(queued_row).to_contain_text("busy")
+    desk.shot("jobs-waiting")
+
     a = dashboard(width=390, height=844)  # a phone
     a.sign_in(key_a)
     a.go("#/pool")
