@@ -4,13 +4,17 @@ on a machine without CUDA."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors, metrics
 from api.deps import Services
 from api.dispatch import Dispatcher
-from api.routes import downloads, files, jobs, runs, system
 from api.guard import RequestGuard
+from api.routes import downloads, files, jobs, pool, runs, system
 from core.config import Settings, get_settings
 from core.db import make_engine, session_factory
 
@@ -34,9 +38,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestGuard, sessions=sessions, request_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
     )
     metrics.install(app, sessions)
-    for module in (files, jobs, runs, downloads, system):
+    for module in (files, jobs, runs, downloads, pool, system):
         app.include_router(module.router)
+    install_dashboard(app)
     return app
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """The web dashboard: static files at / and /static/ (shipped in the package, no build
+    step). The page calls only the public /v1 API with the key the user types in."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 def __getattr__(name: str):

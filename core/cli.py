@@ -145,5 +145,15 @@ def create_key(
     typer.echo(key)
 
 
+def _add_jobs() -> None:
+    """`tuneforge jobs ...`, the terminal client of the API (core/jobs_cli.py)."""
+    from core.jobs_cli import jobs
+
+    app.add_typer(jobs, name="jobs")
+
+
+_add_jobs()
+
+
 if __name__ == "__main__":
     app()
