@@ -21,14 +21,16 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.deps import Services, bearer_key, services
 from api.schemas import event_object, metric_point
 from core.errors import InvalidRequest
 from core.notify import JOB_CHANGED, AsyncWaiter, Listener
 from core.services import jobs
+from core.services.auth import authenticate
 from core.states import is_terminal
 
 #: Events read per wake-up; a backlog larger than this is sent in several reads, without waiting.
@@ -148,3 +150,12 @@ class JobStreams:
 
 def job_streams(request: Request) -> JobStreams:
     return request.app.state.streams
+
+
+def stream_team_id(request: Request, svc: Services = Depends(services)) -> str:
+    """The caller's team, checked in a session closed at once. A session kept from the auth
+    until the stream starts would hold a pooled connection across a thread hand-off, and
+    with many streams opening together the holders starve the threads that would release
+    them (the pool then times out)."""
+    with svc.sessions() as session:
+        return authenticate(session, bearer_key(request)).id

@@ -10,8 +10,8 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from api.etag import conditional
 from api.deps import Services, current_team, get_session, services
+from api.etag import conditional
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team

@@ -6,13 +6,11 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
 from api.deps import Services, current_team, get_session, services
 from api.etag import conditional
-from api.streams import Cursor, JobStreams, job_streams
 from api.schemas import (
     ArtifactObject,
     CheckpointObject,
@@ -27,6 +25,7 @@ from api.schemas import (
     metric_point,
     unix,
 )
+from api.streams import Cursor, JobStreams, job_streams, stream_team_id
 from core.models import Team
 from core.services import artifacts, jobs
 
@@ -101,14 +100,12 @@ def artifact_link(
 @router.get("/stream")
 async def stream(
     job_id: str,
-    team: Team = Depends(current_team),
-    session: Session = Depends(get_session),
+    team_id: str = Depends(stream_team_id),
     streams: JobStreams = Depends(job_streams),
     last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=64),
 ):
     """`status` whenever status/phase/step change, `event` per new event, `metrics` per new
     point; the stream ends after the job reaches a terminal status. Every message has an
-    `id`; reconnecting with `Last-Event-ID` resumes after it."""
-    team_id = team.id
-    await run_in_threadpool(session.close)  # the key is checked: hold no connection from here on
+    `id`; reconnecting with `Last-Event-ID` resumes after it. Holds no database connection
+    while it waits (api.streams)."""
     return EventSourceResponse(await streams.open(team_id, job_id, Cursor.parse(last_event_id)))
