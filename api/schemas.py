@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import Row
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
 from core.services.jobs import event_id
@@ -225,7 +226,8 @@ class MetricSeries(BaseModel):
     data: list[MetricPoint]
 
 
-def metric_point(m: Metric) -> MetricPoint:
+def metric_point(m: Metric | Row) -> MetricPoint:
+    """From a Metric, or a row of its step, created_at and values (core.services.series)."""
     return MetricPoint(step=m.step, created_at=unix(m.created_at), values=m.values)
 
 

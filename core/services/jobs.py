@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from core.config import Settings
 from core.datafiles import detect_format
 from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
 from core.jobrequest import JobCreateRequest
-from core.models import Checkpoint, File, Job, JobEvent, Metric, Team
+from core.models import Checkpoint, File, Job, JobEvent, Team
 from core.services import series
 from core.services.files import get_file
 from core.services.lifecycle import lock_job, set_job_status
@@ -280,7 +280,7 @@ def metric_series(
     from_step: int | None = None,
     to_step: int | None = None,
     max_points: int = 500,
-) -> list[Metric]:
+) -> list[Row]:
     if not 1 <= max_points <= MAX_POINTS:
         raise InvalidRequest(f"max_points must be between 1 and {MAX_POINTS}", param="max_points")
     if from_step is not None and to_step is not None and from_step > to_step:
