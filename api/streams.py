@@ -148,7 +148,7 @@ class JobStreams:
             waiter.__exit__(None, None, None)
 
 
-def job_streams(request: Request) -> JobStreams:
+async def job_streams(request: Request) -> JobStreams:
     return request.app.state.streams
 
 

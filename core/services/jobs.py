@@ -305,6 +305,7 @@ def events_version(session: Session, team_id: str, job_id: str) -> tuple:
 
 
 def series_version(session: Session, team_id: str, job_id: str) -> tuple:
-    """A metric write always updates the job row too (step, latest_metrics), so the job's
-    version covers merged values of an existing step; the newest step is belt and braces."""
-    return (*job_version(get_job(session, team_id, job_id)), series.newest_step(session, job_id))
+    """The job's version: a metric write (runs.record_metrics) always updates the job row
+    in the same transaction (step, latest_metrics), new steps and merged values alike, so
+    no query of the series itself is needed. Any other writer of metric rows must do so too."""
+    return job_version(get_job(session, team_id, job_id))

@@ -87,7 +87,3 @@ def sample(session: Session, job_id: str, *, from_step: int | None, to_step: int
         where = _at_positions(session, [first + p for p in sample_positions(n, max_points)])
     stmt = select(Metric.step, Metric.created_at, Metric.values).where(Metric.job_id == job_id, where).order_by(Metric.step)
     return list(session.execute(stmt))
-
-
-def newest_step(session: Session, job_id: str) -> int | None:
-    return session.scalar(select(func.max(Metric.step)).where(Metric.job_id == job_id))
