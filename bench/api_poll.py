@@ -69,19 +69,49 @@ def seed(url: str) -> tuple[str, str, str]:
         s.commit()
         team0 = team_ids[0]
     metric_jobs = [j["id"] for j in jobs if j["team_id"] == team0][:METRIC_JOBS]
+    engine.dispose()
+    copy_series(url, [(jid, STEPS) for jid in metric_jobs])
+    return key, metric_jobs[0], team0
+
+
+def copy_series(url: str, series: list[tuple[str, int]]) -> None:
+    """Metric points 1..steps for each (job id, steps), with their positions, by COPY."""
     pg = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(pg) as conn, conn.cursor() as cur:
         with cur.copy("COPY metrics (job_id, step, seq, attempt, values, created_at) FROM STDIN") as copy:
             now = utcnow().isoformat()
-            for jid in metric_jobs:
+            for jid, steps in series:
                 buf = io.StringIO()
-                for step in range(1, STEPS + 1):
+                for step in range(1, steps + 1):
                     v = json.dumps({"loss": 2.0 / step**0.1, "learning_rate": 2e-4, "grad_norm": 1.0, "tokens_per_second": 900.0})
                     buf.write(f"{jid}\t{step}\t{step - 1}\t1\t{v}\t{now}\n")
                 copy.write(buf.getvalue())
         conn.commit()
+
+
+def series_scaling(base: str, key: str, url: str, team_id: str, lengths=(1_000, 10_000, 100_000)) -> None:
+    """/metrics?max_points=200 latency, one client, by series length: flat means O(max_points)."""
+    engine = create_engine(url)
+    spec = JobSpec(model="org/model", training_file="file-x").model_dump(mode="json")
+    with Session(engine) as s:
+        ids = []
+        for _ in lengths:
+            job = Job(team_id=team_id, model="org/model", training_file_id="file-x", spec=spec, spec_hash="h", status="succeeded")
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+        s.commit()
     engine.dispose()
-    return key, metric_jobs[0], team0
+    copy_series(url, list(zip(ids, lengths)))
+    print("\n/metrics?max_points=200, one client, 60 requests each: median ms by series length")
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
+        for jid, n in zip(ids, lengths):
+            lat = []
+            for _ in range(60):
+                t0 = time.perf_counter()
+                client.get(f"/v1/fine_tuning/jobs/{jid}/metrics", params={"max_points": 200}).raise_for_status()
+                lat.append(time.perf_counter() - t0)
+            print(f"  {n:>8,} steps: {statistics.median(lat) * 1000:6.1f} ms")
 
 
 async def drive(base: str, path: str, key: str, seconds: float, concurrency: int, conditional: bool = False) -> tuple[int, list[float]]:
@@ -231,6 +261,7 @@ def main() -> None:
             asyncio.run(drive(base, "/healthz", key, 1.0, 4))  # warm up connections and imports
             for concurrency in args.concurrency:
                 poll_table(base, key, job_id, args.seconds, concurrency)
+            series_scaling(base, key, url, team)
             if args.streams:
                 print(f"\nSSE fan-out: {args.streams} streams on one running job, one uvicorn process, loopback")
                 probe = f"/v1/fine_tuning/jobs/{job_id}"
