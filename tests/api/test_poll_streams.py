@@ -126,3 +126,22 @@ def test_every_message_has_an_id_and_last_event_id_resumes(api, model_dir, run_a
 
     bad = api.http.get(f"/v1/fine_tuning/jobs/{jid}/stream", headers={"Last-Event-ID": "not-an-id"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_a_metric_point_wakes_the_stream(api, model_dir, run_as_worker, stack_engine):
+    """record_metrics announces itself too (not only writes that add an event)."""
+    jid = api.job(str(model_dir)).json()["id"]
+    claim = run_as_worker(jid)
+    with api.http.stream("GET", f"/v1/fine_tuning/jobs/{jid}/stream", timeout=30) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("event: status"):
+                break
+        with Session(stack_engine) as s:
+            runs.record_metrics(s, jid, claim.attempt, 7, {"train_loss": 0.5})
+            s.commit()
+        t0 = time.perf_counter()
+        for line in lines:
+            if line.startswith("data:") and '"step":7' in line.replace(" ", ""):
+                break
+        assert time.perf_counter() - t0 < SAFETY_NET_SECONDS / 3
