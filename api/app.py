@@ -4,6 +4,7 @@ on a machine without CUDA."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -15,21 +16,33 @@ from api.deps import Services
 from api.dispatch import Dispatcher
 from api.guard import RequestGuard
 from api.routes import downloads, files, jobs, pool, runs, system
+from api.streams import JobStreams
 from core.config import Settings, get_settings
 from core.db import make_engine, session_factory
+from core.notify import Listener
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     from core.storage import get_store
 
     settings = settings or get_settings()
+    listener = Listener(settings.database_url)  # one per process: SSE streams wait on it
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        listener.start()
+        yield
+        listener.stop()
+
     app = FastAPI(
         title="tuneforge",
         version="0.1.0",
         description="OpenAI-compatible fine-tuning API for open LLMs (QLoRA), with extensions.",
+        lifespan=lifespan,
     )
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine)
+    app.state.streams = JobStreams(sessions, listener)
     app.state.services = Services(settings=settings, sessions=sessions, dispatcher=Dispatcher(settings), store=get_store(settings))
     errors.install(app)
     # Added before the metrics middleware, so it sits inside it: that one (a BaseHTTPMiddleware)

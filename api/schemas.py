@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import Row
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
 from core.services.jobs import event_id
@@ -126,8 +127,20 @@ class FineTuningJob(BaseModel):
     spec_hash: str
 
 
-def _openai_hyperparameters(spec: JobSpec) -> dict[str, Any]:
-    hp = spec.hyperparameters.model_dump(mode="json")
+#: Each spec section's defaults, filled under what a row stores (a row written before a field
+#: existed still shows it) -- computed once, so rendering a job never re-validates its spec.
+_SECTION_DEFAULTS = {
+    name: JobSpec.model_fields[name].default_factory().model_dump(mode="json")
+    for name in ("template", "lora", "quantization", "hyperparameters", "evaluation", "resources")
+}
+_DEFAULT_VALIDATION_SPLIT = JobSpec.model_fields["validation_split"].default
+
+
+def _section(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**_SECTION_DEFAULTS[name], **(spec.get(name) or {})}
+
+
+def _openai_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
     n = hp["n_epochs"]
     hp["n_epochs"] = int(n) if float(n).is_integer() else n
     hp["learning_rate_multiplier"] = hp["learning_rate"] / _DEFAULT_LR
@@ -135,8 +148,11 @@ def _openai_hyperparameters(spec: JobSpec) -> dict[str, Any]:
 
 
 def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
-    spec = JobSpec.model_validate(job.spec)
-    hp = _openai_hyperparameters(spec)
+    """Built from the stored row as it is: the spec was validated when the job was created,
+    and validating it again per row per poll would cost most of a list request (and turn a
+    row written under older, looser rules into a 500)."""
+    spec = job.spec or {}
+    hp = _openai_hyperparameters(_section(spec, "hyperparameters"))
     err = job.error
     return FineTuningJob(
         id=job.id,
@@ -159,12 +175,12 @@ def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
         metadata=job.metadata_,
         estimated_finish=unix(job.estimated_finish),
         integrations=[],
-        template=spec.template.model_dump(mode="json"),
-        lora=spec.lora.model_dump(mode="json"),
-        quantization=spec.quantization.model_dump(mode="json"),
-        evaluation=spec.evaluation.model_dump(mode="json"),
-        resources=spec.resources.model_dump(mode="json"),
-        validation_split=spec.validation_split,
+        template=_section(spec, "template"),
+        lora=_section(spec, "lora"),
+        quantization=_section(spec, "quantization"),
+        evaluation=_section(spec, "evaluation"),
+        resources=_section(spec, "resources"),
+        validation_split=spec.get("validation_split", _DEFAULT_VALIDATION_SPLIT),
         priority=job.priority,
         phase=job.phase,
         attempt=job.attempt,
@@ -223,7 +239,8 @@ class MetricSeries(BaseModel):
     data: list[MetricPoint]
 
 
-def metric_point(m: Metric) -> MetricPoint:
+def metric_point(m: Metric | Row) -> MetricPoint:
+    """From a Metric, or a row of its step, created_at and values (core.services.series)."""
     return MetricPoint(step=m.step, created_at=unix(m.created_at), values=m.values)
 
 

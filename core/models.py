@@ -159,12 +159,18 @@ class JobEvent(Base):
 
 
 class Metric(Base):
-    """One row per logged step; a resumed attempt overwrites the steps it replays."""
+    """One row per logged step; a resumed attempt overwrites the steps it replays.
+
+    `seq` is the row's 0-based position in its job's series (its rank by step), kept as
+    points arrive (core.services.series) so a downsampled read fetches only the positions
+    it shows, by index, instead of ranking every step of the job."""
 
     __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job_seq", "job_id", "seq"),)
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from api.deps import Cursor, Services, current_team, get_session, services
 from api.errors import COMMON, responses
+from api.etag import conditional
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team
@@ -56,27 +57,37 @@ def validate(
     )
 
 
-@router.get("", response_model=ListObject[FineTuningJob])
+@router.get("", response_model=ListObject[FineTuningJob], responses={304: {"description": "Not modified (If-None-Match)"}})
 def list_jobs(
+    request: Request,
+    response: Response,
     after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
 ):
     page = jobs.list_jobs(session, team.id, after=after, limit=limit)
+    versions = [jobs.job_version(j) for j in page.data]
+    if unchanged := conditional(request, response, team.id, after, limit, page.has_more, versions):
+        return unchanged
     return list_of([job_object(j) for j in page.data], page.has_more)
 
 
-@router.get("/{job_id}", response_model=FineTuningJob, responses=responses(404))
+@router.get("/{job_id}", response_model=FineTuningJob, responses={**responses(404), 304: {"description": "Not modified (If-None-Match)"}})
 def retrieve(
     job_id: str,
+    request: Request,
+    response: Response,
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
     svc: Services = Depends(services),
 ):
     job = jobs.get_job(session, team.id, job_id)
     timeout = timedelta(seconds=svc.settings.worker_timeout_seconds)
-    return job_object(job, scheduling.explain(session, job, heartbeat_timeout=timeout))
+    queue = scheduling.explain(session, job, heartbeat_timeout=timeout)
+    if unchanged := conditional(request, response, jobs.job_version(job), queue):
+        return unchanged
+    return job_object(job, queue)
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob, responses=responses(404, 409, 413))

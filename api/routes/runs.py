@@ -3,17 +3,15 @@ server-sent-event stream of all of them until the job ends."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
 from api.deps import Cursor, Services, current_team, get_session, services
 from api.errors import COMMON, responses
+from api.etag import conditional
 from api.schemas import (
     ArtifactObject,
     CheckpointObject,
@@ -24,29 +22,36 @@ from api.schemas import (
     artifact_object,
     checkpoint_object,
     event_object,
-    job_object,
     list_of,
     metric_point,
     unix,
 )
+from api.streams import Cursor as StreamCursor
+from api.streams import JobStreams, job_streams, stream_team_id
 from core.models import Team
 from core.services import artifacts, jobs
 from core.spec import MAX_STEPS
-from core.states import is_terminal
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning runs"], responses=responses(*COMMON, 404))
-STREAM_POLL_SECONDS = 1.0
 
 
-@router.get("/events", response_model=ListObject[JobEventObject])
+NOT_MODIFIED = {304: {"description": "Not modified (If-None-Match)"}}
+
+
+@router.get("/events", response_model=ListObject[JobEventObject], responses=NOT_MODIFIED)
 def list_events(
     job_id: str,
+    request: Request,
+    response: Response,
     after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     order: Literal["asc", "desc"] = Query("desc", description="desc (OpenAI's order) or asc, for tailing"),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
 ):
+    version = jobs.events_version(session, team.id, job_id)
+    if unchanged := conditional(request, response, version, after, limit, order):
+        return unchanged
     page = jobs.list_events(session, team.id, job_id, after=after, limit=limit, newest_first=order == "desc")
     return list_of([event_object(e) for e in page.data], page.has_more)
 
@@ -64,15 +69,20 @@ def list_checkpoints(
     return list_of([checkpoint_object(c, job) for c in page.data], page.has_more)
 
 
-@router.get("/metrics", response_model=MetricSeries)
+@router.get("/metrics", response_model=MetricSeries, responses=NOT_MODIFIED)
 def metrics(
     job_id: str,
+    request: Request,
+    response: Response,
     from_step: int | None = Query(None, ge=0, le=MAX_STEPS),
     to_step: int | None = Query(None, ge=0, le=MAX_STEPS),
     max_points: int = Query(500, ge=1, le=jobs.MAX_POINTS),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
 ):
+    version = jobs.series_version(session, team.id, job_id)
+    if unchanged := conditional(request, response, version, from_step, to_step, max_points):
+        return unchanged
     points = jobs.metric_series(session, team.id, job_id, from_step=from_step, to_step=to_step, max_points=max_points)
     return MetricSeries(fine_tuning_job_id=job_id, data=[metric_point(m) for m in points])
 
@@ -91,37 +101,14 @@ def artifact_link(
 
 
 @router.get("/stream", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}})
-async def stream(job_id: str, team: Team = Depends(current_team), svc: Services = Depends(services)):
+async def stream(
+    job_id: str,
+    team_id: str = Depends(stream_team_id),
+    streams: JobStreams = Depends(job_streams),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=64),
+):
     """`status` whenever status/phase/step change, `event` per new event, `metrics` per new
-    point; the stream ends after the job reaches a terminal status."""
-    team_id = team.id
-
-    def snapshot(after_event: int | None, after_step: int | None):
-        with svc.sessions() as session:
-            job = jobs.get_job(session, team_id, job_id)
-            events = jobs.list_events(session, team_id, job_id, after=None if after_event is None else str(after_event), limit=100, newest_first=False).data
-            points = jobs.metric_series(session, team_id, job_id, from_step=None if after_step is None else after_step + 1, max_points=jobs.MAX_POINTS)
-            return job_object(job), events, points
-
-    await run_in_threadpool(snapshot, None, None)  # 404 before the stream starts
-
-    async def gen():
-        last_event = last_step = None
-        last_state = None
-        while True:
-            job, events, points = await run_in_threadpool(snapshot, last_event, last_step)
-            for ev in events:
-                last_event = ev.id
-                yield {"event": "event", "data": event_object(ev).model_dump_json()}
-            for p in points:
-                last_step = p.step
-                yield {"event": "metrics", "data": metric_point(p).model_dump_json()}
-            state = (job.status, job.phase, job.step)
-            if state != last_state:
-                last_state = state
-                yield {"event": "status", "data": json.dumps({"id": job.id, "status": job.status, "phase": job.phase, "step": job.step, "total_steps": job.total_steps})}
-            if is_terminal(job.status) and len(events) < 100:
-                return
-            await asyncio.sleep(STREAM_POLL_SECONDS)
-
-    return EventSourceResponse(gen())
+    point; the stream ends after the job reaches a terminal status. Every message has an
+    `id`; reconnecting with `Last-Event-ID` resumes after it. Holds no database connection
+    while it waits (api.streams)."""
+    return EventSourceResponse(await streams.open(team_id, job_id, StreamCursor.parse(last_event_id)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,8 @@ from core.config import Settings
 from core.datafiles import detect_format, validation_rows
 from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
 from core.jobrequest import JobCreateRequest
-from core.models import Checkpoint, File, Job, JobEvent, Metric, Team
+from core.models import Checkpoint, File, Job, JobEvent, Team
+from core.services import series
 from core.services.files import get_file
 from core.services.lifecycle import lock_job, set_job_status
 from core.services.pagination import Page, paginate
@@ -280,19 +281,6 @@ def list_checkpoints(session: Session, team_id: str, job_id: str, *, after: str 
 MAX_POINTS = 10_000
 
 
-def sample_condition(rn, n, max_points: int):
-    """SQL condition keeping at most `max_points` evenly spaced rows of an ordered series,
-    given each row's 0-based position `rn` and the series length `n`: the first row of each
-    of max_points - 1 equal buckets over rows 0..n-2, plus the last row always (a chart of a
-    run must end where the run is, not one stride before it)."""
-    last = rn == n - 1
-    if max_points == 1:
-        return or_(n <= 1, last)
-    m = max_points - 1
-    first_of_bucket = or_(rn == 0, (rn * m) // (n - 1) > ((rn - 1) * m) // (n - 1))
-    return or_(n <= max_points, last, first_of_bucket)
-
-
 def metric_series(
     session: Session,
     team_id: str,
@@ -301,25 +289,32 @@ def metric_series(
     from_step: int | None = None,
     to_step: int | None = None,
     max_points: int = 500,
-) -> list[Metric]:
+) -> list[Row]:
     if not 1 <= max_points <= MAX_POINTS:
         raise InvalidRequest(f"max_points must be between 1 and {MAX_POINTS}", param="max_points")
     if from_step is not None and to_step is not None and from_step > to_step:
         raise InvalidRequest("from_step must not exceed to_step", param="from_step")
     get_job(session, team_id, job_id)
-    in_range = [Metric.job_id == job_id]
-    if from_step is not None:
-        in_range.append(Metric.step >= from_step)
-    if to_step is not None:
-        in_range.append(Metric.step <= to_step)
-    # Downsampled inside the database on the primary-key index: a 10,000-step series must
-    # not ship 10,000 rows (or JSON blobs) to Python to serve 500 points.
-    ranked = select(
-        Metric.step,
-        (func.row_number().over(order_by=Metric.step) - 1).label("rn"),
-        func.count().over().label("n"),
-    ).where(*in_range).subquery()
-    picked = select(ranked.c.step).where(sample_condition(ranked.c.rn, ranked.c.n, max_points))
-    return list(session.scalars(
-        select(Metric).where(Metric.job_id == job_id, Metric.step.in_(picked)).order_by(Metric.step)
-    ))
+    return series.sample(session, job_id, from_step=from_step, to_step=to_step, max_points=max_points)
+
+
+# --- versions: what a client's cached copy is compared against (ETag), without rendering ----
+
+
+def job_version(job: Job) -> tuple:
+    """Changes whenever any column of the job row does: `updated_at` is bumped by every ORM
+    and Core UPDATE of the row (its onupdate)."""
+    return (job.id, job.updated_at.isoformat())
+
+
+def events_version(session: Session, team_id: str, job_id: str) -> tuple:
+    """Events are append-only: the newest id says whether a page can have changed."""
+    get_job(session, team_id, job_id)
+    return (job_id, session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id)))
+
+
+def series_version(session: Session, team_id: str, job_id: str) -> tuple:
+    """The job's version: a metric write (runs.record_metrics) always updates the job row
+    in the same transaction (step, latest_metrics), new steps and merged values alike, so
+    no query of the series itself is needed. Any other writer of metric rows must do so too."""
+    return job_version(get_job(session, team_id, job_id))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import IllegalTransition, NotFound, StaleAttempt
 from core.models import Job, JobEvent, utcnow
+from core.notify import JOB_CHANGED, notify
 from core.states import JobStatus, can_transition, is_terminal
 
 
@@ -38,8 +39,11 @@ def add_event(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> JobEvent:
+    """Every event (status changes, phases, checkpoints, runner messages) goes through here,
+    so this is where open streams are told: delivered when the caller commits."""
     ev = JobEvent(job_id=job.id, attempt=job.attempt, level=level, type=type, message=message, data=data)
     session.add(ev)
+    notify(session, JOB_CHANGED, job.id)
     return ev
 
 

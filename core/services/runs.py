@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from core.errors import StaleAttempt
 from core.models import Artifact, Checkpoint, Job, Metric, as_utc, utcnow
+from core.notify import JOB_CHANGED, notify
+from core.services import series
 from core.services.lifecycle import add_event, check_fence, lock_job, set_job_status
 from core.states import ACTIVE, JobStatus
 
@@ -109,7 +111,7 @@ def record_metrics(session: Session, job_id: str, attempt: int, step: int, value
     job = _fenced(session, job_id, attempt)
     row = session.get(Metric, (job_id, step))
     if row is None:
-        session.add(Metric(job_id=job_id, step=step, attempt=attempt, values=dict(values)))
+        session.add(Metric(job_id=job_id, step=step, seq=series.position_for(session, job_id, step), attempt=attempt, values=dict(values)))
     else:
         row.values = {**row.values, **values} if row.attempt == attempt else dict(values)
         row.attempt = attempt
@@ -118,6 +120,7 @@ def record_metrics(session: Session, job_id: str, attempt: int, step: int, value
         job.total_steps = values["total_steps"]
     job.latest_metrics = {**(job.latest_metrics or {}), **values}
     _estimate_finish(job)
+    notify(session, JOB_CHANGED, job_id)  # open streams read the new point after the commit
 
 
 def _estimate_finish(job: Job) -> None:

@@ -58,7 +58,7 @@ class TestMetricSeriesDownsampling:
         db_session.add(job)
         db_session.flush()
         steps = [3 * i + 1 for i in range(n)]  # not 1..n: positions, not step numbers, are sampled
-        db_session.add_all(Metric(job_id=job.id, step=s, values={"loss": 1.0 / s}) for s in steps)
+        db_session.add_all(Metric(job_id=job.id, step=s, seq=i, values={"loss": 1.0 / s}) for i, s in enumerate(steps))
         db_session.flush()
         out = [m.step for m in jobs.metric_series(db_session, team.id, job.id, max_points=k)]
         assert len(out) == min(n, k) and out[-1] == steps[-1] and out == sorted(set(out))
