@@ -158,4 +158,4 @@ def stream_team_id(request: Request, svc: Services = Depends(services)) -> str:
     with many streams opening together the holders starve the threads that would release
     them (the pool then times out)."""
     with svc.sessions() as session:
-        return authenticate(session, bearer_key(request)).id
+        return authenticate(session, bearer_key(request.headers)).id
