@@ -158,8 +158,9 @@ class TrainingSetup:
     lora_r: int = 16
     lora_targets: tuple[str, ...] | Literal["all-linear"] = "all-linear"
     lora_dropout: bool = True  # p > 0: each adapter keeps a dropout mask per input element
-    # CUDA's fused dropout keeps a bool mask; the CPU's keeps a noise tensor in the input's dtype.
-    dropout_mask_bytes: int = 1
+    # CUDA's fused dropout keeps a bool mask (1); the CPU's keeps a noise tensor in the input's
+    # dtype (None).
+    dropout_mask_bytes: int | None = 1
     bits: Literal[4, 8] | None = 4
     double_quant: bool = True
     compute_bytes: int = 2  # bf16/fp16 under autocast on a GPU; 4 on the CPU
@@ -218,8 +219,9 @@ def static_bytes(shape: ModelShape, setup: TrainingSetup) -> dict[str, int]:
     }
 
 
-def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
-    """Bytes autograd keeps per token per decoder layer for the backward (no checkpointing).
+def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup, seq_len: int) -> int:
+    """Bytes autograd keeps per token per decoder layer for the backward (no checkpointing),
+    for rows of `seq_len` tokens (only the attention mask's share depends on it).
 
     Walked tensor by tensor through today's stack, with B = compute dtype, S = the residual
     stream's dtype (the fp32 embeddings make it fp32), F = norm-weight dtype:
@@ -229,7 +231,8 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
     - each LoRA adapter keeps its dropout mask (1 byte on CUDA), lora_A's input in B and lora_A's
       output (r values) in B.
     - RoPE keeps only cos/sin; SDPA (under autocast) keeps q, k, v in B -- k and v repeated to
-      every query head when a mask is present -- its output in B and the fp32 logsumexp.
+      every query head when a mask is present -- its output in B and the fp32 logsumexp; a
+      boolean mask is converted to an additive one in B in every layer (seq_len per token).
     - SiLU keeps the gate output, the product keeps SiLU's output and the up output.
     """
     h, nh, d, I = shape.hidden_size, shape.num_heads, shape.head_dim, shape.intermediate_size
@@ -243,14 +246,17 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
 
     def linear(name: str, src: str, src_bytes: int, n_in: int) -> int:
         """Record what one (LoRA-wrapped) linear keeps; returns its output's bytes per element."""
+        # Autocast casts an activation afresh for every op that takes it (it caches only
+        # weights), so q, k and v each keep their own B copy of a wider input.
         if not quantized:  # plain nn.Linear under autocast keeps its (B) input
-            kept[src if src_bytes == B else f"{src}@B"] = B * n_in
+            kept[src if src_bytes == B else f"{name}.input@B"] = B * n_in
         if name in targets:
             if setup.lora_dropout:
-                kept[f"{name}.dropout_mask"] = setup.dropout_mask_bytes * n_in
+                mask = src_bytes if setup.dropout_mask_bytes is None else setup.dropout_mask_bytes
+                kept[f"{name}.dropout_mask"] = mask * n_in
                 kept[f"{name}.lora_A_input"] = B * n_in  # the dropped copy, or its B cast
             else:
-                kept[src if src_bytes == B else f"{src}@B"] = B * n_in
+                kept[src if src_bytes == B else f"{name}.lora_A_input"] = B * n_in
             kept[f"{name}.lora_A_output"] = B * setup.lora_r
         base_out = src_bytes if quantized else B
         return max(base_out, B) if name in targets else base_out
@@ -270,6 +276,8 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
     kept["sdpa_v"] = B * kv_width
     kept["sdpa_out"] = B * nq
     kept["sdpa_logsumexp"] = 4 * nh
+    if setup.attention_mask:
+        kept["sdpa_mask"] = B * seq_len
     o = linear("o_proj", "attn_out", B, nq)
     kept["mid"] = S * h  # input + attention: max(S, o) == S
     kept["mid_rms"] = 4
@@ -331,10 +339,10 @@ def estimate(
     S = setup.frozen_bytes if setup.bits is not None else setup.compute_bytes
     h = shape.hidden_size
     parts = static_bytes(shape, setup)
-    per_layer = layer_activation_bytes(shape, setup)
+    per_layer = layer_activation_bytes(shape, setup, max_seq_length)
     # Per token once: the last layer's output kept by the final norm, cos/sin for RoPE.
     per_token_once = S * h + 4 + 2 * shape.head_dim * S
-    mask = micro_batch_size * max_seq_length * max_seq_length * (1 + setup.compute_bytes) if setup.attention_mask else 0
+    mask = tokens * max_seq_length if setup.attention_mask else 0  # the boolean mask, built once
     head = head_bytes(shape, setup, labelled)
     if gradient_checkpointing:
         # Each checkpointed layer keeps only its input; the backward recomputes one layer at a
