@@ -75,6 +75,15 @@ class ModelShape:
     def total_params(self) -> int:
         return self.linear_params + self.embedding_params + self.head_params + self.other_params
 
+    def as_dict(self) -> dict:
+        """JSON-ready: a worker computes the shape (it needs torch); the API and the scheduler,
+        which must not import torch, plan from the stored dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelShape:
+        return cls(**{**d, "layer_linears": tuple(tuple(x) for x in d["layer_linears"])})
+
     def linear(self, name: str) -> tuple[int, int]:
         for n, i, o in self.layer_linears:
             if n == name:

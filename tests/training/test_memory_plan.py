@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 
 import pytest
 
@@ -18,6 +19,7 @@ from core.training.memory_plan import (
     GiB,
     DoesNotFit,
     FitPlan,
+    ModelShape,
     TrainingSetup,
     estimate,
     layer_activation_bytes,
@@ -61,6 +63,7 @@ def test_llama3_8b_parameters_from_a_meta_model_match_the_closed_form(llama3_8b)
     assert (s.num_kv_heads, s.head_dim, s.tied_embeddings) == (8, 128, False)
     assert s.embedding_params == s.head_params == 128256 * 4096
     assert dict((n, (i, o)) for n, i, o in s.layer_linears)["k_proj"] == (4096, 1024)
+    assert ModelShape.from_dict(json.loads(json.dumps(s.as_dict()))) == s
 
 
 def test_4bit_storage_is_what_bitsandbytes_allocates(tmp_path):
