@@ -353,17 +353,27 @@ def estimate(
     per_token_once = S * h + 4 + 2 * shape.head_dim * S
     mask = tokens * max_seq_length if setup.attention_mask else 0  # the boolean mask, built once
     head = head_bytes(shape, setup, labelled)
+    # Transients of the backward of one layer: the gradients of the MLP's wide intermediates
+    # (about two alive at a time while what they came from is freed; measured on the CPU, see
+    # tests) and the dequantised weight of the widest linear.
+    largest = max(i * o for _, i, o in shape.layer_linears)
+    dequantized = largest * setup.compute_bytes if setup.bits is not None else 0
+    layer_backward = tokens * 2 * max(S, setup.compute_bytes) * shape.intermediate_size + dequantized
     if gradient_checkpointing:
         # Each checkpointed layer keeps only its input; the backward recomputes one layer at a
         # time, after the head's gradient is gone.
         kept = tokens * (shape.num_layers * S * h + per_token_once)
-        parts["activations"] = kept + max(head, tokens * per_layer) - head
+        transient = max(head, tokens * per_layer + layer_backward)
     else:
-        parts["activations"] = tokens * (shape.num_layers * per_layer + per_token_once)
+        # The first layer's input is the frozen embedding's output: nothing needs its gradient,
+        # so its norm keeps nothing of it.
+        kept = tokens * (shape.num_layers * per_layer - S * h + per_token_once)
+        transient = max(head, layer_backward)
+    # The peak is the head's backward (its logits' gradients) or a layer's backward, whichever
+    # is larger, on top of everything kept for the backward.
+    parts["activations"] = kept
     parts["attention_mask"] = mask
-    parts["lm_head"] = head
-    largest = max(i * o for _, i, o in shape.layer_linears)
-    parts["dequantized_weight"] = largest * setup.compute_bytes if setup.bits is not None else 0
+    parts["backward_transient"] = transient
     peak = sum(parts.values())
     required = math.ceil(peak * (1 + allocator_margin)) + context_bytes
     parts["allocator_margin"] = required - peak - context_bytes
