@@ -122,14 +122,10 @@ def shape_from_model(model) -> ModelShape:
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     tied = head is embed
-    seen: set[int] = set()
-    other = 0
     linear_weights = {id(m.weight) for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)}
-    for p in model.parameters():  # parameters() already skips tied duplicates
-        if id(p) in seen or id(p) in linear_weights or p is embed or p is head:
-            continue
-        seen.add(id(p))
-        other += p.numel()
+    other = sum(  # norms and biases; parameters() already skips a tied head
+        p.numel() for p in model.parameters() if id(p) not in linear_weights and p is not embed and p is not head
+    )
     heads = cfg.num_attention_heads
     return ModelShape(
         hidden_size=cfg.hidden_size,
@@ -287,7 +283,7 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup, seq_len: int
     kept["sdpa_logsumexp"] = 4 * nh
     if setup.attention_mask:
         kept["sdpa_mask"] = B * seq_len
-    o = linear("o_proj", "attn_out", B, nq)
+    linear("o_proj", "attn_out", B, nq)
     kept["mid"] = S * h  # input + attention: max(S, o) == S
     kept["mid_rms"] = 4
     y2 = max(F, S)
@@ -298,7 +294,6 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup, seq_len: int
     kept["silu_out"] = g * I  # kept by the product for the up branch's gradient
     kept["up_out"] = u * I  # kept by the product for the gate branch's gradient
     linear("down_proj", "act", act, I)
-    del o
     return sum(kept.values())
 
 

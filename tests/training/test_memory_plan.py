@@ -21,6 +21,7 @@ from core.training.memory_plan import (
     FitPlan,
     ModelShape,
     TrainingSetup,
+    UnsupportedModel,
     estimate,
     head_bytes,
     layer_activation_bytes,
@@ -65,6 +66,18 @@ def test_llama3_8b_parameters_from_a_meta_model_match_the_closed_form(llama3_8b)
     assert s.embedding_params == s.head_params == 128256 * 4096
     assert dict((n, (i, o)) for n, i, o in s.layer_linears)["k_proj"] == (4096, 1024)
     assert ModelShape.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+
+
+def test_a_tied_small_llama_and_an_unsupported_architecture():
+    from transformers import GPT2Config, LlamaConfig
+
+    tied = shape_from_config(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=128, vocab_size=1000,
+                                         tie_word_embeddings=True))
+    assert tied.tied_embeddings and tied.head_params == 0
+    assert tied.total_params == llama_params(64, 2, 4, 2, 1000, 128, tied=True)
+    with pytest.raises(UnsupportedModel, match="Llama-family"):
+        shape_from_config(GPT2Config(n_layer=2, n_embd=64, n_head=4))
 
 
 def test_4bit_storage_is_what_bitsandbytes_allocates(tmp_path):
