@@ -152,8 +152,7 @@ def run_variants(model_dir: Path, work: Path, args, plan) -> dict:
         results[name] = runs[name](work / name)
         results[name]["wall"] = time.perf_counter() - t0
         print(f"  {name}: done in {results[name]['wall']:.0f}s", flush=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
     return results
 
 
@@ -202,10 +201,21 @@ def plan_check(model_dir: Path, shape, setup, configs, steps: int = 2) -> list[d
         est = estimate(shape, setup, micro_batch_size=1, max_seq_length=seq, gradient_checkpointing=ckpt,
                        labelled_fraction=LABELLED)
         rows.append({"seq": seq, "checkpointing": ckpt, "predicted": est.peak_allocated, "measured": measured})
-    del model, opt
-    if cuda:
-        torch.cuda.empty_cache()
+    del model, base, opt
+    release_memory()
     return rows
+
+
+def release_memory() -> None:
+    """Trainers and models hold reference cycles (callbacks, hooks): collect them before the
+    next variant, or its peak memory would include the previous model."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- the table -------------------------------------------------------------------------------

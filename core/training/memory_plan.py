@@ -468,6 +468,12 @@ def plan_fit(
         if fitting
         else "the model's weights alone do not fit; use a GPU with more memory"
     )
+    if not modes[-1]:  # checkpointing was refused by the job: would it fit with it?
+        with_ckpt = estimate(shape, setup, micro_batch_size=1, max_seq_length=max_seq_length,
+                             gradient_checkpointing=True, **common)
+        if with_ckpt.required <= gpu_memory_bytes:
+            advice = f'set gradient_checkpointing to true or "auto", or {advice}'
+
     return DoesNotFit(
         required_bytes=smallest.required,
         gpu_memory_bytes=gpu_memory_bytes,

@@ -184,6 +184,11 @@ def test_a_job_that_fits_nowhere_says_by_how_much_and_what_would_fit(llama3_8b):
     )
     assert isinstance(plan_fit(llama3_8b, batch_size=4, max_seq_length=fitting, gpu_memory_bytes=24 * GiB), FitPlan)
     assert isinstance(plan_fit(llama3_8b, batch_size=4, max_seq_length=fitting + 64, gpu_memory_bytes=24 * GiB), DoesNotFit)
+    refused = plan_fit(llama3_8b, batch_size=4, max_seq_length=2048, gpu_memory_bytes=24 * GiB,
+                       gradient_checkpointing=False)
+    assert isinstance(refused, DoesNotFit)
+    assert refused.message.endswith(f'set gradient_checkpointing to true or "auto", or lower max_seq_length to '
+                                    f"{refused.largest_fitting_seq_length} or less")
     weights_only = plan_fit(llama3_8b, batch_size=1, max_seq_length=512, gpu_memory_bytes=8 * GiB)
     assert "weights alone do not fit" in weights_only.message
 
