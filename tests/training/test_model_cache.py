@@ -59,8 +59,12 @@ def test_a_local_directory_is_used_as_is(tmp_path):
 
 FETCH = """
 import json, sys, time
+from pathlib import Path
 from core.training.model_cache import ensure_model
-url, cache, out = sys.argv[1:4]
+url, cache, ready = sys.argv[1:4]
+Path(ready).touch()  # imports done: start together, so the fetches would overlap without the lock
+while not (Path(ready).parent / "go").exists():
+    time.sleep(0.01)
 t0 = time.time()
 seen = []
 got = ensure_model("acme/tiny-llama", None, cache, endpoint=url, progress=lambda d, t: seen.append((d, t)))
@@ -75,11 +79,18 @@ def test_two_jobs_on_one_host_fetch_once(hub, tmp_path):
     hub.delay = 0.8  # per file body: the first fetch takes seconds, so the second arrives mid-way
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cache = tmp_path / "cache"
-    procs = []
-    for i in range(2):
-        procs.append(subprocess.Popen([sys.executable, "-c", FETCH, hub.url, str(cache), str(i)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO))
-        time.sleep(0.3)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", FETCH, hub.url, str(cache), str(gate / f"ready{i}")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((gate / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "fetchers did not start"
+        time.sleep(0.05)
+    (gate / "go").touch()
     results = []
     for p in procs:
         out, err = p.communicate(timeout=120)
