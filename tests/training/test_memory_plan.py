@@ -284,11 +284,11 @@ def gqa_models(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "bf16,dropout,mask",
-    [(False, 0.05, False), (True, 0.05, True), (True, 0.0, False)],
-    ids=["fp32", "bf16-autocast-dropout-padded", "bf16-autocast-no-dropout"],
+    [(False, 0.05, False), (True, 0.05, True)],
+    ids=["fp32", "bf16-autocast-dropout-padded"],
 )
 def test_activation_bytes_per_token_per_layer_match_a_measured_cpu_step(gqa_models, bf16, dropout, mask):
-    """Within 5% (measured: +0.7%, +2.7%, +1.4%). Differencing a 3-layer and a 1-layer model
+    """Within 5% (measured: +0.7%, +2.7%; bf16 without dropout +1.4%). Differencing a 3-layer and a 1-layer model
     leaves two layers' worth; the CPU's dropout keeps a noise tensor in the input's dtype (CUDA:
     a bool mask), and under autocast each layer also keeps B copies of its LoRA weights (static
     memory in the model, so taken out here)."""
