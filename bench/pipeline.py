@@ -85,7 +85,8 @@ def spec_for(model_dir: Path, steps: int, batch_size: int):
 
 
 class _ClockAfterFirstStep:
-    """Starts the clock (and zeroes the counts) after step 1, so one-time warm-up is excluded."""
+    """Starts the clock (and zeroes the counts) after step 1, so one-time warm-up is excluded;
+    also keeps the logged losses and gradient norms (a run whose loss never moves is void)."""
 
     def __init__(self, counter):
         from transformers import TrainerCallback
@@ -98,15 +99,26 @@ class _ClockAfterFirstStep:
                     outer.t0 = time.perf_counter()
                     counter.processed = counter.real = counter.examples = 0
 
-        self.callback, self.t0 = _CB(), None
+            def on_log(self, args, state, control, logs=None, **kw):
+                logs = logs or {}
+                if "loss" in logs:
+                    outer.losses.append(float(logs["loss"]))
+                if logs.get("grad_norm") is not None:
+                    outer.grad_norms.append(float(logs["grad_norm"]))
+
+        self.callback, self.t0, self.losses, self.grad_norms = _CB(), None, [], []
 
 
 def timed_train(trainer, counter) -> dict:
+    import torch
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     clock = _ClockAfterFirstStep(counter)
     trainer.add_callback(clock.callback)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     dt = time.perf_counter() - clock.t0
     return {
@@ -115,6 +127,11 @@ def timed_train(trainer, counter) -> dict:
         "processed tok/s": counter.processed / dt,
         "non-pad tok/s": counter.real / dt,
         "padding": 1 - counter.real / max(counter.processed, 1),
+        "first loss": clock.losses[0] if clock.losses else None,
+        "last loss": clock.losses[-1] if clock.losses else None,
+        "max grad norm": max(clock.grad_norms, default=None),
+        # Over the whole training (model already loaded): what the GPU had to hold.
+        "peak bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
 
 

@@ -91,6 +91,11 @@ class Settings(DataLimitSettings):
     )
     worker_slots: int = Field(1, ge=1)
     work_dir: Path = Field(Path(".tuneforge/work"), description="Scratch space for running jobs")
+    model_cache: Path | None = Field(
+        None,
+        description="The worker host's one hub-model cache (huggingface_hub layout; jobs lock per model so a "
+        "model is fetched once); unset = huggingface_hub's default (HF_HUB_CACHE)",
+    )
 
     @property
     def result_backend_url(self) -> str | None:
