@@ -14,16 +14,6 @@ from core.spec import JobSpec
 from core.training.errors import TrainingInputError
 from core.training.pipeline import run
 
-PAIRS = [
-    ("사과", "빨간 과일"),
-    ("바다", "푸른 물"),
-    ("하늘", "높은 곳"),
-    ("고양이", "야옹 소리"),
-    ("강아지", "멍멍 소리"),
-    ("겨울", "추운 계절"),
-    ("여름", "더운 계절"),
-    ("커피", "쓴 음료"),
-]
 
 
 class RecordingReporter:
@@ -41,20 +31,6 @@ class RecordingReporter:
 
     def event(self, level, message, data=None):
         self.events.append(message)
-
-
-@pytest.fixture(scope="module")
-def learn_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("learn") / "pairs.jsonl"
-    p.write_text(
-        "".join(
-            json.dumps({"prompt": f"{a}의 뜻은?", "completion": b}, ensure_ascii=False)
-            + "\n"
-            for a, b in PAIRS
-        ),
-        encoding="utf-8",
-    )
-    return p
 
 
 def learn_spec(model_dir, data, **hp) -> JobSpec:
@@ -145,6 +121,8 @@ def test_reporter_and_artifacts(learned):
         and spec["versions"]["trl"]
         and spec["seed"] == 42
     )
+    # The dtypes the run really trained in, read from the model (not the requested one).
+    assert spec["dtypes"] == {"base_storage": "nf4 in uint8", "adapter": "float32", "compute": "float32"}
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if "loss" in m] == list(range(1, 81))
     in_training_evals = [m for m in lines if "eval_loss" in m]
