@@ -36,6 +36,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    full_length: int = 0  # tokens before truncation to max_length
 
     @property
     def n_labels(self) -> int:
@@ -200,7 +201,7 @@ def encode(
             ids if (trainable or not completion_only) else [IGNORE_INDEX] * len(ids)
         )
     truncated = len(input_ids) > max_length
-    return Encoded(input_ids[:max_length], labels[:max_length], truncated)
+    return Encoded(input_ids[:max_length], labels[:max_length], truncated, len(input_ids))
 
 
 def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:

@@ -62,9 +62,10 @@ def run(
     reporter.phase("preparing_data")
     tokenizer = load_tokenizer(spec)
     data = prepare(spec, tokenizer)
-    if main:
+    if main:  # written first: when no row is usable, this report is what says why
         artifacts.write_json(out / "dataset_report.json", data.report)
     reporter.event("info", "dataset prepared", data.report)
+    data.require_training_rows()
 
     reporter.phase("loading_model")
     dtype = compute_dtype(spec.quantization.compute_dtype)
@@ -109,7 +110,7 @@ def run(
 
     reporter.phase("evaluating")
     report = evaluate(
-        spec, model, tokenizer, data.eval, data.terminator[1], should_stop
+        spec, model, tokenizer, data.eval, data.terminator[1], should_stop, data.empty_cause("validation")
     )
     if should_stop() == "cancel":
         return RunResult("cancelled", out, step, report["metrics"], resumed_from=resume)
