@@ -114,7 +114,7 @@ def _encode_rows(
             _drop(report, split, index, "empty completion")
             continue
         fitted = fit_row(row, index, spec, tokenizer, terminator)
-        report["truncated"] += fitted.enc.full_length > spec.hyperparameters.max_seq_length
+        report["truncated"] += fitted.too_long
         if fitted.drop_reason:
             _drop(report, split, index, fitted.drop_reason)
             continue

@@ -118,7 +118,7 @@ def test_truncated_away_completion_dropped_and_reported(
     spec = JobSpec(
         model=str(tiny_model_dir),
         training_file=str(_write(tmp_path, rows)),
-        hyperparameters={"max_seq_length": 32},
+        hyperparameters={"max_seq_length": 32, "truncation": "drop"},
     )
     data = prepare(spec, tiny_tokenizer)
     r = data.report
@@ -132,21 +132,28 @@ def test_truncated_away_completion_dropped_and_reported(
     assert all(any(t != IGNORE_INDEX for t in e.labels) for e in data.train)
 
 
+@pytest.mark.parametrize("truncation", ["drop", "prompt"])
 def test_row_cut_inside_its_completion_is_dropped_not_trained_without_terminator(
-    tmp_path, tiny_model_dir, tiny_tokenizer
+    tmp_path, tiny_model_dir, tiny_tokenizer, truncation
 ):
     """§6.3: the terminator is the last label of EVERY example; a row whose completion is cut
-    by max_seq_length would teach the model not to stop, so it is dropped and reported."""
+    by max_seq_length would teach the model not to stop, so it is dropped and reported --
+    whatever the truncation mode (trimming the prompt cannot make this completion fit)."""
     rows = [{"prompt": "질문", "completion": "아주 긴 답변 " * 40}, {"prompt": "질문", "completion": "짧은 답"}]
     spec = JobSpec(
         model=str(tiny_model_dir),
         training_file=str(_write(tmp_path, rows)),
-        hyperparameters={"max_seq_length": 32},
+        hyperparameters={"max_seq_length": 32, "truncation": truncation},
     )
     data = prepare(spec, tiny_tokenizer)
     r = data.report
-    assert r["truncated"] == 1 and r["dropped_by_reason"] == {"completion truncated": 1}
-    assert r["dropped_rows"][0]["row"] == 0 and "before its turn terminator" in r["dropped_rows"][0]["reason"]
+    reason = {"drop": "completion truncated", "prompt": "completion does not fit"}[truncation]
+    assert r["truncated"] == 1 and r["dropped_by_reason"] == {reason: 1}
+    assert r["splits"]["train"] == {
+        "rows": 2, "kept": 1, "trimmed": 0, "dropped": 1, "dropped_by_reason": {reason: 1},
+        "trimmed_prompt_tokens": {"median": 0, "max": 0},
+    }
+    assert r["dropped_rows"][0]["row"] == 0 and "max_seq_length=32" in r["dropped_rows"][0]["reason"]
     eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
     assert [e.row for e in data.train] == [1]
     assert [t for t in data.train[0].labels if t != IGNORE_INDEX][-1] == eot
