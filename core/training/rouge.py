@@ -10,6 +10,9 @@ Hangul vanishes and a perfect Korean prediction scores 0.
   that only changes particles and endings scores ROUGE-1 ~0.4 on words but stays ~0.9 here.
 - chars: every non-space character; needs no analyser and works for any script.
 
+Both texts are NFKC-normalised first, as for exact match: generation goes through the
+tokenizer's normalisation ("…" comes back as "..."), which must not count as an error.
+
 Figures are named `rouge1`, `rouge2`, `rougeL` (words) and `<name>_morphemes`,
 `<name>_chars`; `TOKENIZATIONS` describes each for the report.
 """
@@ -18,13 +21,14 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 TOKENIZATIONS = {
-    "words": "runs of Unicode word characters (\\w+), lowercased",
-    "morphemes": "Kiwi (kiwipiepy) Korean morphemes, lowercased, punctuation left out",
-    "chars": "every non-space character, lowercased",
+    "words": "NFKC text, runs of Unicode word characters (\\w+), lowercased",
+    "morphemes": "NFKC text, Kiwi (kiwipiepy) Korean morphemes, lowercased, punctuation left out",
+    "chars": "NFKC text, every non-space character, lowercased",
 }
 # Kiwi's symbol tags (punctuation, brackets, ...) except foreign words (SL), hanja (SH) and numbers (SN).
 _KEPT_SYMBOL_TAGS = {"SL", "SH", "SN"}
@@ -76,6 +80,7 @@ def _scorers():
 def rouge(prediction: str, reference: str) -> dict[str, float]:
     """F1 of ROUGE-1/2/L on words, morphemes and characters for one pair."""
     out: dict[str, float] = {}
+    prediction, reference = (unicodedata.normalize("NFKC", t) for t in (prediction, reference))
     for name, scorer in _scorers().items():
         scores = scorer.score(reference, prediction)  # rouge-score's order: (target, prediction)
         out.update({f"{t}{_SUFFIX[name]}": scores[t].fmeasure for t in ROUGE_TYPES})

@@ -45,3 +45,8 @@ def test_default_rouge_score_tokenizer_drops_korean():
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"])
     assert scorer.score(KO, KO)["rouge1"].fmeasure == 0.0
+
+
+def test_tokenizer_normalisation_is_not_an_error():
+    """Generation comes back through the tokenizer's normalisation ("…" -> "...")."""
+    assert set(rouge("14일 슈퍼문...달과", "14일 슈퍼문…달과").values()) == {1.0}
