@@ -131,8 +131,12 @@ def main() -> int:
     link = http.get(f"/v1/fine_tuning/jobs/{job.id}/artifacts/eval_report.json").json()
     report = httpx.get(link["url"]).json()
     console.print(comparison_table(report))
+    samples = Table(title="samples")
+    for col in ("reference", "base", "fine-tuned"):
+        samples.add_column(col, overflow="fold")
     for sample in report.get("samples", []):
-        console.print(f"  {sample['reference']!r:28}  base: {sample['base_output'][:24]!r:28}  tuned: {sample['tuned_output']!r}")
+        samples.add_row(sample["reference"], sample["base_output"][:30], sample["tuned_output"])
+    console.print(samples)
     link = http.get(f"/v1/fine_tuning/jobs/{job.id}/artifacts/adapter.tar.gz").json()
     console.print(f"adapter download (no key needed, expires at {time.ctime(link['expires_at'])}):")
     console.print(link["url"], soft_wrap=True)
