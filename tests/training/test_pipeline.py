@@ -172,16 +172,15 @@ def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path)
         json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert [m["step"] for m in resumed] == list(range(1, 11))
-    # Same trajectory as an uninterrupted run: same data order, optimizer and scheduler state.
-    # Measured: resumed losses agree to ~1e-4 relative; a different data order after resume
-    # (e.g. the length-grouped sampler) moves them by ~2e-2.
+    # Same trajectory as an uninterrupted run: same data order, optimizer and scheduler state,
+    # and fp32 adapter weights on both sides of the pause (test_precision checks the adapter).
     straight = tmp_path / "straight"
     assert run(spec, straight).global_step == 10
     reference = [
         json.loads(ln) for ln in (straight / "metrics.jsonl").read_text().splitlines()
     ]
     assert [m["loss"] for m in resumed] == pytest.approx(
-        [m["loss"] for m in reference], rel=2e-3
+        [m["loss"] for m in reference], rel=1e-6
     )
     assert [m["learning_rate"] for m in resumed] == pytest.approx(
         [m["learning_rate"] for m in reference]

@@ -133,4 +133,4 @@ def test_resumed_run_ends_on_the_uninterrupted_adapter(resume_spec, straight_run
     want, got = _adapter(straight_run), _adapter(tmp_path)
     assert want.keys() == got.keys()
     worst = max(float((want[n] - got[n]).abs().max()) for n in want)
-    assert worst <= 1e-6
+    assert worst <= (1e-6 if torch.cuda.is_available() else 0.0), worst  # bitwise on the CPU
