@@ -178,6 +178,7 @@ def evaluate(
     with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
         base, base_out = _score(*args)
     samples = []
+    with_rouge = "rouge" in ev.metrics
     for ex, (text, stopped), (base_text, base_stopped) in zip(chosen, tuned_out, base_out):
         if ex.row not in shown:
             continue
@@ -192,8 +193,8 @@ def evaluate(
                 "prediction": text,
                 "base_stopped": base_stopped,
                 "stopped": stopped,
-                "base_rouge": rouge(base_text, reference),
-                "rouge": rouge(text, reference),
+                "base_rouge": rouge(base_text, reference) if with_rouge else {},
+                "rouge": rouge(text, reference) if with_rouge else {},
                 "exact_match": normalised(text) == normalised(reference),
             }
         )
