@@ -17,7 +17,12 @@ steps, one process. Prints figures; asserts nothing.
   (stock TRL with gradient checkpointing off, to isolate that default's cost).
   Timing starts after the first optimizer step (warm-up excluded).
 
+  Then evaluation's generation: --generation-samples prompts (default 64, the default
+  evaluation.max_samples) generated in left-padded batches with the KV cache, as the
+  evaluation does, against one prompt at a time; same model, same greedy decoding.
+
 Run: python bench/pipeline.py [--steps 10] [--batch-size 4] [--variants ours,common,trl,...]
+                              [--generation-samples 64] [--max-new-tokens 32]
 """
 
 from __future__ import annotations
@@ -162,6 +167,36 @@ def run_ours(spec, out: Path) -> dict:
     trainer.data_collator = counter = TokenCounter(trainer.data_collator)
     trainer.args.save_strategy = "no"
     return timed_train(trainer, counter)
+
+
+def bench_generation(spec, n: int, max_new_tokens: int) -> None:
+    """Batched (evaluation's way) vs one-at-a-time generation of the same n prompts."""
+    from core.training.data import prepare
+    from core.training.encoding import generation_prompt_ids
+    from core.training.evaluate import GENERATION_BATCH, decoding, generate
+    from core.training.model import load_model, load_tokenizer
+
+    tok = load_tokenizer(spec)
+    data = prepare(spec, tok)
+    model = load_model(spec, hardware_dtype(spec))
+    prompts = [generation_prompt_ids(tok, data.train[i % len(data.train)].turns) for i in range(n)]
+    stops = [data.terminator[1], tok.eos_token_id]
+    ev = spec.evaluation.model_copy(update={"max_new_tokens": max_new_tokens})
+    settings = decoding(spec.model_copy(update={"evaluation": ev}))
+    generate(model, tok, prompts[:2], stops, settings)  # warm-up
+    timings = {}
+    for name, batch in (("batched", GENERATION_BATCH), ("one-at-a-time", 1)):
+        t0 = time.perf_counter()
+        outputs = generate(model, tok, prompts, stops, settings, batch_size=batch)
+        timings[name] = time.perf_counter() - t0
+        new_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t, _ in outputs)
+        print(
+            f"generation {name:14s} {n} prompts (mean {sum(map(len, prompts)) / n:.0f} tokens), "
+            f"<= {max_new_tokens} new tokens each: {timings[name]:6.1f}s  {n / timings[name]:6.2f} samples/s  "
+            f"(~{new_tokens} tokens out)",
+            flush=True,
+        )
+    print(f"generation batched/one-at-a-time: x{timings['one-at-a-time'] / timings['batched']:.2f}")
 
 
 def common_rows(tok) -> list[dict]:
@@ -362,6 +397,8 @@ def main() -> None:
     ap.add_argument("--hidden-size", type=int, default=64, help="random-init Llama width (64 = the tiny test model)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--variants", default="ours,ours_packed,common,trl,trl_no_gc")
+    ap.add_argument("--generation-samples", type=int, default=64, help="0: skip the generation comparison")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     a = ap.parse_args()
 
     import torch
@@ -382,7 +419,7 @@ def main() -> None:
         spec = spec_for(model_dir, a.steps, a.batch_size)
         if a.profile:
             profile_loss_paths(spec)
-        for name in a.variants.split(","):
+        for name in filter(None, a.variants.split(",")):
             torch.manual_seed(0)
             results[name] = VARIANTS[name](spec, Path(tmp) / name)
             r = results[name]
@@ -392,6 +429,9 @@ def main() -> None:
                 f"padding {r['padding']:.0%}",
                 flush=True,
             )
+        if a.generation_samples:
+            torch.manual_seed(0)
+            bench_generation(spec, a.generation_samples, a.max_new_tokens)
     if "common" in results:
         base = results["common"]
         for name, r in results.items():

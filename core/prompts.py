@@ -9,6 +9,7 @@ client text, so a row value containing braces is inserted literally.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from typing import Any
 
 from core.datafiles import DataFileError, check_messages, detect_format
@@ -79,6 +80,36 @@ def render_row(
             0, {"role": "system", "content": fill(template.system, row, index)}
         )
     return turns
+
+
+def prompt_side_values(
+    row: dict[str, Any], template: TemplateSpec | None
+) -> list[tuple[str, Callable[[str], dict[str, Any]]]]:
+    """The row's text values that feed only the prompt side, each with a function giving
+    the row with that value replaced: what `truncation: prompt` may shorten.
+
+    Template columns used by the completion are never listed (cutting them would cut the
+    completion); for chat rows, the content of every turn but the assistant's.
+    """
+    template = template or TemplateSpec()
+    kind = detect_format([row])
+    if kind == "messages":
+        msgs = row["messages"]
+        return [
+            (m["content"], lambda v, k=k: {**row, "messages": [*msgs[:k], {**msgs[k], "content": v}, *msgs[k + 1 :]]})
+            for k, m in enumerate(msgs)
+            if isinstance(m, dict) and m.get("role") != "assistant" and isinstance(m.get("content"), str)
+        ]
+    if kind == "prompt_completion" and template.prompt is None:
+        value = row.get("prompt")
+        return [(value, lambda v: {**row, "prompt": v})] if isinstance(value, str) else []
+    completion = set(template_fields(template.completion or ""))
+    columns = [c for part in (template.system, template.prompt) if part for c in template_fields(part)]
+    return [
+        (row[c], lambda v, c=c: {**row, c: v})
+        for c in dict.fromkeys(columns)
+        if c not in completion and isinstance(row.get(c), str)
+    ]
 
 
 def _text(row: dict[str, Any], column: str, index: int) -> str:

@@ -129,6 +129,11 @@ class Hyperparameters(_Strict):
     gradient_checkpointing: bool = False
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     completion_only_loss: bool = True
+    truncation: Literal["prompt", "drop"] = Field(
+        "prompt",
+        description="A row longer than max_seq_length: 'prompt' trims the longest prompt-side value "
+        "from its end (the completion and its terminator always survive); 'drop' skips the row",
+    )
 
     @field_validator("packing", mode="before")
     @classmethod
@@ -146,6 +151,12 @@ class EvaluationSpec(_Strict):
     generation_samples: int = Field(8, ge=0, le=1000)
     max_new_tokens: int = Field(128, ge=1, le=8192)
     metrics: list[RougeMetric] = Field(default_factory=lambda: ["loss", "perplexity", "token_accuracy", "rouge"])
+    max_samples: int = Field(
+        64, ge=0, le=10000, description="Validation rows generated for ROUGE/exact match (the whole split when smaller)"
+    )
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0: greedy decoding (the default)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling; only used when temperature > 0")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="1.0: none")
 
 
 class ResourcesSpec(_Strict):

@@ -81,7 +81,7 @@ FAST = {
     "TUNEFORGE_DISPATCH_TIMEOUT_SECONDS": "3",
     "TUNEFORGE_WORKER_TIMEOUT_SECONDS": "3",
 }
-QUICK_EVALUATION = {"generation_samples": 0}
+QUICK_EVALUATION = {"generation_samples": 0, "max_samples": 0}  # no generation: these jobs test scheduling
 
 
 class Pool:

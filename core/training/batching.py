@@ -81,15 +81,33 @@ def varlen_attention(model) -> bool:
     return "flash" in impl
 
 
+# Architectures whose logits are exactly lm_head(final hidden state): no softcapping
+# (Gemma-2/3), no scaling (Cohere's logit_scale, Granite's logits_scaling, Falcon-H1's
+# lm_head_multiplier, MiniCPM's width scaling). An allow-list, not a blacklist of config keys:
+# a scaling factor under a name nobody listed silently gave a wrong loss (Granite: 14.5
+# instead of 5.9). Anything else uses the model's own logits, which is always right.
+PLAIN_LOGITS = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "phi3",
+        "gemma",
+        "olmo2",
+        "starcoder2",
+    }
+)
+
+
 def supports_selective_head(model) -> bool:
-    """True when logits are plainly lm_head(hidden) (no softcapping or logit scaling)."""
+    """True when logits are proven plain lm_head(hidden) for this architecture (PLAIN_LOGITS)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
-    scaled = getattr(cfg, "final_logit_softcapping", None) or getattr(
-        cfg, "logit_scale", None
-    ) not in (None, 1, 1.0)
     return (
-        not scaled
+        getattr(base.config, "model_type", None) in PLAIN_LOGITS
         and hasattr(base, "get_decoder")
         and base.get_output_embeddings() is not None
     )

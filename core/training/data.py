@@ -1,8 +1,10 @@
 """Data stage: read the files, split validation, render and encode every row, and report.
 
 Shared by `run()` and `dry_run()` so a validation answers exactly what training would do.
-Rows that cannot be trained on are dropped with a reason and counted; a row that does not
-fit the template at all is an error naming the row (the user must fix the data).
+Long rows are trimmed on the prompt side (see `truncation`); rows that cannot be trained on
+are dropped with a reason and counted, per split; a row that does not fit the template at
+all is an error naming the row (the user must fix the data). The report is always complete,
+even when every row was dropped: it is what tells the user why.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 from core.datafiles import DataFileError, read_rows, validation_rows
 from core.prompts import render_row
 from core.spec import JobSpec
-from core.training.encoding import encode, ends_with_terminator, resolve_chat_template, turn_terminator
+from core.training.encoding import resolve_chat_template, turn_terminator
 from core.training.errors import TrainingInputError
+from core.training.truncation import fit_row
 
 MAX_LISTED_DROPS = 50
 
@@ -40,6 +43,22 @@ class PreparedData:
     terminator: tuple[str, int]
     report: dict = field(default_factory=dict)
     fingerprint: str = ""
+
+    def empty_cause(self, split: str) -> str | None:
+        """Why a split has no examples, in words (None when it has some, or had no rows)."""
+        stats = self.report["splits"][split]
+        if stats["kept"] or not stats["rows"]:
+            return None
+        reasons = ", ".join(f"{n} {reason}" for reason, n in stats["dropped_by_reason"].items())
+        return (
+            f"all {stats['rows']} {split} rows were dropped ({reasons}; "
+            f"max_seq_length={self.report['max_seq_length']}, truncation={self.report['truncation']})"
+        )
+
+    def require_training_rows(self) -> None:
+        if not self.train:
+            cause = self.empty_cause("train") or "the training file has no rows"
+            raise TrainingInputError(f"training_file: no usable rows: {cause}")
 
 
 def fingerprint(paths: list[str]) -> str:
@@ -81,9 +100,11 @@ def split_rows(spec: JobSpec) -> tuple[list[tuple[int, dict]], list[tuple[int, d
 def _encode_rows(
     rows, spec: JobSpec, tokenizer, terminator: tuple[str, int], split: str, report: dict
 ) -> list[Example]:
-    max_len = spec.hyperparameters.max_seq_length
+    stats = report["splits"][split]
+    cuts: list[int] = []
     out: list[Example] = []
     for index, row in rows:
+        stats["rows"] += 1
         try:
             turns = render_row(row, spec.template, index)
         except DataFileError as e:
@@ -92,29 +113,36 @@ def _encode_rows(
         if not turns[-1]["content"].strip():
             _drop(report, split, index, "empty completion")
             continue
-        enc = encode(
-            tokenizer,
-            turns,
-            terminator[0],
-            max_len,
-            spec.hyperparameters.completion_only_loss,
-        )
-        report["truncated"] += enc.truncated
-        if enc.truncated and not ends_with_terminator(enc, terminator[1]):
-            what = "entirely" if enc.n_labels == 0 else "before its turn terminator"
-            _drop(report, split, index, f"completion truncated ({what}, at max_seq_length={max_len})")
+        fitted = fit_row(row, index, spec, tokenizer, terminator)
+        report["truncated"] += fitted.too_long
+        if fitted.drop_reason:
+            _drop(report, split, index, fitted.drop_reason)
             continue
-        out.append(Example(index, turns, enc.input_ids, enc.labels))
+        if fitted.prompt_tokens_cut:
+            cuts.append(fitted.prompt_tokens_cut)
+        out.append(Example(index, fitted.turns, fitted.enc.input_ids, fitted.enc.labels))
+    stats.update(
+        kept=len(out),
+        trimmed=len(cuts),
+        trimmed_prompt_tokens={"median": statistics.median(cuts) if cuts else 0, "max": max(cuts, default=0)},
+    )
+    report["trimmed"] += len(cuts)
     return out
 
 
 def _drop(report: dict, split: str, index: int, reason: str) -> None:
-    report["dropped"] += 1
-    report["dropped_by_reason"][reason.split(" (")[0]] = (
-        report["dropped_by_reason"].get(reason.split(" (")[0], 0) + 1
-    )
+    """Count a dropped row under its reason (the part before the parenthesis), overall and per split."""
+    key = reason.split(" (")[0]
+    stats = report["splits"][split]
+    for where in (report, stats):
+        where["dropped"] += 1
+        where["dropped_by_reason"][key] = where["dropped_by_reason"].get(key, 0) + 1
     if len(report["dropped_rows"]) < MAX_LISTED_DROPS:
         report["dropped_rows"].append({"split": split, "row": index, "reason": reason})
+
+
+def _split_stats() -> dict:
+    return {"rows": 0, "kept": 0, "trimmed": 0, "dropped": 0, "dropped_by_reason": {}, "trimmed_prompt_tokens": {}}
 
 
 def _length_stats(examples: list[Example]) -> dict:
@@ -137,25 +165,24 @@ def prepare(spec: JobSpec, tokenizer) -> PreparedData:
     resolve_chat_template(tokenizer, spec.template.chat_template)
     terminator = turn_terminator(tokenizer)
     train_rows, val_rows = split_rows(spec)
+    hp = spec.hyperparameters
     report = {
         "rows_read": len(train_rows) + len(val_rows),
+        "max_seq_length": hp.max_seq_length,
+        "truncation": hp.truncation,
+        "truncated": 0,  # rows longer than max_seq_length as given (then trimmed or dropped)
+        "trimmed": 0,
         "dropped": 0,
         "dropped_by_reason": {},
         "dropped_rows": [],
-        "truncated": 0,
+        "splits": {"train": _split_stats(), "validation": _split_stats()},
     }
     train = _encode_rows(train_rows, spec, tokenizer, terminator, "train", report)
     evals = _encode_rows(val_rows, spec, tokenizer, terminator, "validation", report)
-    if not train:
-        raise TrainingInputError(
-            "training_file: no usable rows remain after dropping "
-            f"{report['dropped']} rows"
-        )
     report.update(
         rows_used=len(train) + len(evals),
         train_rows=len(train),
         validation_rows=len(evals),
-        max_seq_length=spec.hyperparameters.max_seq_length,
         turn_terminator=terminator[0],
         train_tokens=_length_stats(train),
         validation_tokens=_length_stats(evals),
@@ -163,4 +190,6 @@ def prepare(spec: JobSpec, tokenizer) -> PreparedData:
     files = [spec.training_file] + (
         [spec.validation_file] if spec.validation_file else []
     )
-    return PreparedData(train, evals, terminator, report, fingerprint(files))
+    data = PreparedData(train, evals, terminator, report, fingerprint(files))
+    report["notes"] = [c for c in (data.empty_cause("train"), data.empty_cause("validation")) if c]
+    return data

@@ -26,6 +26,7 @@ def dry_run(spec: JobSpec) -> dict:
     from core.training.model import load_tokenizer
 
     data = prepare(spec, load_tokenizer(spec))
+    data.require_training_rows()
     return {
         **data.report,
         "estimated_steps": estimated_steps(spec, len(data.train)),

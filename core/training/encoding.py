@@ -8,10 +8,16 @@
 - Each assistant piece is labelled up to and including the turn terminator (e.g.
   `<|eot_id|>`), so the model learns to stop. Labels come from which piece a token belongs
   to, never from comparing ids with the pad token (pad may equal eos).
+- Text from rows is text (DESIGN §6.10): a document that contains `<|eot_id|>` must not end
+  the turn early. Row text is rendered between two Unicode noncharacters, so after rendering
+  we know which characters the template wrote and which came from the row; only the
+  template's special-token strings become special tokens, the rest is tokenized with
+  `split_special_tokens=True` (the string is spelled out as ordinary tokens).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from core.training.chat_templates import BUILTIN, MARKERS
@@ -19,6 +25,10 @@ from core.training.errors import TrainingInputError
 
 IGNORE_INDEX = -100
 _SENTINEL = "\ufffaTUNEFORGE\ufffa"
+# Noncharacters (never in real text) around each turn's content while rendering: they mark
+# where row text sits in the rendered string. Removed from row text first.
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"
+_ROW_TEXT = re.compile(f"{_OPEN}(.*?){_CLOSE}", re.S)
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    full_length: int = 0  # tokens before truncation to max_length
 
     @property
     def n_labels(self) -> int:
@@ -80,12 +91,66 @@ def turn_terminator(tokenizer) -> tuple[str, int]:
     )
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Ids of row text: special-token strings in it are spelled out, never control tokens."""
+    if not text:
+        return []
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+_TRIMS: dict[str, bool] = {}
+
+
+def _template_trims(tokenizer) -> bool:
+    """Whether the chat template strips whitespace around a turn's content (Llama-3's does);
+    with markers around the content the template cannot see it, so we strip it ourselves."""
+    key = tokenizer.chat_template
+    if key not in _TRIMS:
+        probe = "\ufdd2"
+        _TRIMS[key] = f" {probe} " not in render(tokenizer, [{"role": "user", "content": f" {probe} "}])
+    return _TRIMS[key]
+
+
+def _marked(tokenizer, turns: list[dict]) -> list[dict]:
+    trims = _template_trims(tokenizer)
+    out = []
+    for t in turns:
+        text = t["content"].replace(_OPEN, "").replace(_CLOSE, "")
+        out.append({**t, "content": _OPEN + (text.strip() if trims else text) + _CLOSE})
+    return out
+
+
+def _special_pattern(tokenizer) -> re.Pattern:
+    names = {t.content for t in tokenizer.added_tokens_decoder.values()} | set(tokenizer.all_special_tokens)
+    names = sorted((n for n in names if n), key=len, reverse=True)
+    return re.compile("(" + "|".join(map(re.escape, names)) + ")")
+
+
+def piece_ids(tokenizer, marked: str) -> list[int]:
+    """Ids of a rendered piece whose row text is marked: special tokens only where the
+    template wrote them. Template text and row text between two template special tokens are
+    tokenized together, so the tokens at their seam are those of ordinary tokenization."""
+    special = _special_pattern(tokenizer)
+    ids: list[int] = []
+    pending: list[str] = []
+    for i, part in enumerate(_ROW_TEXT.split(marked)):
+        if i % 2:  # row text
+            pending.append(part)
+            continue
+        for j, chunk in enumerate(special.split(part)):
+            if j % 2:  # a special token the template wrote
+                ids += text_ids(tokenizer, "".join(pending))
+                pending = []
+                ids.append(tokenizer.convert_tokens_to_ids(chunk))
+            else:
+                pending.append(chunk)
+    return ids + text_ids(tokenizer, "".join(pending))
 
 
 def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, bool]]:
-    """The rendered conversation cut into (text, trainable) pieces, in order."""
+    """The rendered conversation cut into (text, trainable) pieces, in order; row text in
+    the pieces is marked (see `piece_ids`)."""
+    turns = _marked(tokenizer, turns)
     pieces: list[tuple[str, bool]] = []
     done = ""
     for i, turn in enumerate(turns):
@@ -130,13 +195,13 @@ def encode(
     input_ids: list[int] = []
     labels: list[int] = []
     for text, trainable in segments(tokenizer, turns, terminator):
-        ids = _ids(tokenizer, text)
+        ids = piece_ids(tokenizer, text)
         input_ids += ids
         labels += (
             ids if (trainable or not completion_only) else [IGNORE_INDEX] * len(ids)
         )
     truncated = len(input_ids) > max_length
-    return Encoded(input_ids[:max_length], labels[:max_length], truncated)
+    return Encoded(input_ids[:max_length], labels[:max_length], truncated, len(input_ids))
 
 
 def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
@@ -147,5 +212,7 @@ def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
 
 
 def generation_prompt_ids(tokenizer, turns: list[dict]) -> list[int]:
-    """The prompt a model sees at inference: every turn before the last assistant turn."""
-    return _ids(tokenizer, render(tokenizer, turns[:-1], add_generation_prompt=True))
+    """The prompt a model sees at inference: every turn before the last assistant turn,
+    tokenized exactly as the same turns are in training (`encode`)."""
+    marked = _marked(tokenizer, turns[:-1])
+    return piece_ids(tokenizer, render(tokenizer, marked, add_generation_prompt=True))

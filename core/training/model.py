@@ -115,10 +115,57 @@ def load_model(spec: JobSpec, dtype: torch.dtype):
     elif gc:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
+    keep_4bit_layout(model)
     try:
         return get_peft_model(model, lora_config(spec))
     except ValueError as e:
         raise TrainingInputError(f"lora.target_modules: {_first_line(e)}") from None
+
+
+def keep_4bit_layout(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On a CPU with AVX512-BF16, a Linear4bit forward in eval mode without grad rewrites its
+    weight in place into a layout for an inference-only kernel; the training steps after an
+    `eval_every_steps` evaluation then ran on that layout and their gradient norms dropped
+    ~4x (measured). Evaluation must leave the training weights exactly as they were, so the
+    repack is switched off: the weights keep one layout for the whole run, on every device.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def upcast_adapter(model) -> None:
+    """Trainable (LoRA) weights in fp32 -- the master weights (DESIGN §6.9); compute stays
+    in the hardware dtype under autocast, as peft sets them up by default.
+
+    TRL 1.x casts them to bf16 when it builds the trainer around a quantized model. In bf16
+    only ~40% of lora_A entries move at all in one Adam step at lr 2e-4 (updates below
+    bf16's resolution are lost), and a run resumed from a checkpoint trained in fp32 while
+    its first steps had trained in bf16, so it ended on a different adapter.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def real_dtypes(model, compute: torch.dtype) -> dict[str, str]:
+    """The dtypes the run really uses (recorded in spec.json), read from the model itself."""
+    name = lambda d: str(d).removeprefix("torch.")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    state = getattr(linear.weight, "quant_state", None)
+    base = name(linear.weight.dtype)
+    if state is not None:
+        base = f"{state.quant_type} in {base}"
+    return {
+        "base_storage": base,
+        "adapter": ", ".join(sorted({name(p.dtype) for p in trainable})) or "none",
+        "compute": name(compute),
+    }
 
 
 def _first_line(e: Exception) -> str:

@@ -42,7 +42,7 @@ def run(
     from core.training.data import prepare
     from core.training.distributed import is_main_process
     from core.training.evaluate import evaluate
-    from core.training.model import compute_dtype, device, load_model, load_tokenizer
+    from core.training.model import compute_dtype, device, load_model, load_tokenizer, real_dtypes
     from core.training.trainer import (
         ReportingCallback,
         build_trainer,
@@ -62,20 +62,14 @@ def run(
     reporter.phase("preparing_data")
     tokenizer = load_tokenizer(spec)
     data = prepare(spec, tokenizer)
-    if main:
+    if main:  # written first: when no row is usable, this report is what says why
         artifacts.write_json(out / "dataset_report.json", data.report)
     reporter.event("info", "dataset prepared", data.report)
+    data.require_training_rows()
 
     reporter.phase("loading_model")
     dtype = compute_dtype(spec.quantization.compute_dtype)
     model = load_model(spec, dtype)
-    if main:
-        artifacts.write_spec(
-            out,
-            spec,
-            data.fingerprint,
-            {"compute_dtype": str(dtype).removeprefix("torch."), "device": device()},
-        )
 
     resume = (
         Path(resume_from)
@@ -95,6 +89,13 @@ def run(
         spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
     )
     callback.accelerator = trainer.accelerator
+    if main:  # after the trainer is built: the dtypes it really trains in, not the requested one
+        artifacts.write_spec(
+            out,
+            spec,
+            data.fingerprint,
+            {"dtypes": real_dtypes(model, dtype), "compute_dtype": str(dtype).removeprefix("torch."), "device": device()},
+        )
 
     reporter.phase("training")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -109,7 +110,7 @@ def run(
 
     reporter.phase("evaluating")
     report = evaluate(
-        spec, model, tokenizer, data.eval, data.terminator[1], should_stop
+        spec, model, tokenizer, data.eval, data.terminator[1], should_stop, data.empty_cause("validation")
     )
     if should_stop() == "cancel":
         return RunResult("cancelled", out, step, report["metrics"], resumed_from=resume)

@@ -87,8 +87,12 @@ def sft_config(
 class CompletionOnlySFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects to the vocabulary only at labelled positions."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, eval_examples=(), **kwargs):
+        from core.training.model import upcast_adapter
+
         super().__init__(*args, **kwargs)
+        upcast_adapter(self.model)  # undo TRL's bf16 cast: fp32 master weights (DESIGN §6.9)
+        self.eval_examples = list(eval_examples)
         self.remove_callback(
             PrinterCallback
         )  # progress goes through the Reporter, not stdout
@@ -124,6 +128,24 @@ class CompletionOnlySFTTrainer(SFTTrainer):
             self._tf_correct += int(n_correct)
             self._tf_labelled += int(n_labelled)
         return loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluation during training: the token-weighted mean loss over every labelled token,
+        the same figure as the final evaluation (Trainer's own is a mean of per-batch means)."""
+        from core.training.evaluate import token_metrics
+
+        with self.accelerator.autocast():
+            m = token_metrics(
+                self.model, self.eval_examples, self.processing_class.pad_token_id, self.args.per_device_eval_batch_size
+            )
+        metrics = {
+            f"{metric_key_prefix}_loss": m["eval_loss"],
+            f"{metric_key_prefix}_perplexity": m["perplexity"],
+            f"{metric_key_prefix}_token_accuracy": m["token_accuracy"],
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._tf_tokens:
@@ -172,6 +194,7 @@ def build_trainer(
         processing_class=tokenizer,
         data_collator=collator,
         callbacks=list(callbacks),
+        eval_examples=evals or (),
     )
 
 

@@ -12,6 +12,7 @@ from core.training.data import prepare
 from core.training.encoding import (
     IGNORE_INDEX,
     encode,
+    generation_prompt_ids,
     resolve_chat_template,
     turn_terminator,
 )
@@ -117,7 +118,7 @@ def test_truncated_away_completion_dropped_and_reported(
     spec = JobSpec(
         model=str(tiny_model_dir),
         training_file=str(_write(tmp_path, rows)),
-        hyperparameters={"max_seq_length": 32},
+        hyperparameters={"max_seq_length": 32, "truncation": "drop"},
     )
     data = prepare(spec, tiny_tokenizer)
     r = data.report
@@ -131,21 +132,28 @@ def test_truncated_away_completion_dropped_and_reported(
     assert all(any(t != IGNORE_INDEX for t in e.labels) for e in data.train)
 
 
+@pytest.mark.parametrize("truncation", ["drop", "prompt"])
 def test_row_cut_inside_its_completion_is_dropped_not_trained_without_terminator(
-    tmp_path, tiny_model_dir, tiny_tokenizer
+    tmp_path, tiny_model_dir, tiny_tokenizer, truncation
 ):
     """§6.3: the terminator is the last label of EVERY example; a row whose completion is cut
-    by max_seq_length would teach the model not to stop, so it is dropped and reported."""
+    by max_seq_length would teach the model not to stop, so it is dropped and reported --
+    whatever the truncation mode (trimming the prompt cannot make this completion fit)."""
     rows = [{"prompt": "질문", "completion": "아주 긴 답변 " * 40}, {"prompt": "질문", "completion": "짧은 답"}]
     spec = JobSpec(
         model=str(tiny_model_dir),
         training_file=str(_write(tmp_path, rows)),
-        hyperparameters={"max_seq_length": 32},
+        hyperparameters={"max_seq_length": 32, "truncation": truncation},
     )
     data = prepare(spec, tiny_tokenizer)
     r = data.report
-    assert r["truncated"] == 1 and r["dropped_by_reason"] == {"completion truncated": 1}
-    assert r["dropped_rows"][0]["row"] == 0 and "before its turn terminator" in r["dropped_rows"][0]["reason"]
+    reason = {"drop": "completion truncated", "prompt": "completion does not fit"}[truncation]
+    assert r["truncated"] == 1 and r["dropped_by_reason"] == {reason: 1}
+    assert r["splits"]["train"] == {
+        "rows": 2, "kept": 1, "trimmed": 0, "dropped": 1, "dropped_by_reason": {reason: 1},
+        "trimmed_prompt_tokens": {"median": 0, "max": 0},
+    }
+    assert r["dropped_rows"][0]["row"] == 0 and "max_seq_length=32" in r["dropped_rows"][0]["reason"]
     eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
     assert [e.row for e in data.train] == [1]
     assert [t for t in data.train[0].labels if t != IGNORE_INDEX][-1] == eot
@@ -164,3 +172,53 @@ def test_named_chat_template_and_missing_one(tiny_model_dir):
         )  # its markers are not tokens of this vocabulary
     resolve_chat_template(tok, "llama3")
     assert turn_terminator(tok)[0] == "<|eot_id|>"
+
+
+def _specials(tok) -> list[str]:
+    return sorted({t.content for t in tok.added_tokens_decoder.values()} | set(tok.all_special_tokens))
+
+
+def test_row_text_never_becomes_a_control_token(tiny_tokenizer):
+    """§6.10: every special token of the tokenizer, written inside a row (prompt, system and
+    completion), stays text; only the chat template adds control tokens."""
+    tok = tiny_tokenizer
+    every = " ".join(_specials(tok))
+    turns = [
+        {"role": "system", "content": f"시스템 {every}"},
+        {"role": "user", "content": f"{every} 본문 {every}"},
+        {"role": "assistant", "content": f"요약 {every} 끝"},
+    ]
+    plain = [{**t, "content": t["content"].replace(every, "글")} for t in turns]
+    enc = encode(tok, turns, "<|eot_id|>", 4096)
+    reference = encode(tok, plain, "<|eot_id|>", 4096)
+    special_ids = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(s) for s in _specials(tok)}
+    count = lambda ids: sorted(i for i in ids if i in special_ids)
+    assert count(enc.input_ids) == count(reference.input_ids)  # the template's, nothing more
+    assert enc.input_ids.count(tok.bos_token_id) == 1
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    labelled = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert labelled.count(eot) == 1 and labelled[-1] == eot
+    assert tok.decode(labelled[:-1]) == f"요약 {every} 끝"  # spelled out, byte for byte
+    gen = generation_prompt_ids(tok, turns)
+    assert count(gen) == count(generation_prompt_ids(tok, plain))
+
+
+def test_generation_prompt_is_the_training_prompt(tiny_tokenizer):
+    """§6.1 on the evaluation path: the prompt fed to generate() has exactly one BOS and is
+    token for token the prompt the model was trained on."""
+    tok = tiny_tokenizer
+    ids = generation_prompt_ids(tok, TURNS)
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    enc = encode(tok, TURNS, "<|eot_id|>", 512)
+    first_label = next(i for i, t in enumerate(enc.labels) if t != IGNORE_INDEX)
+    assert ids == enc.input_ids[:first_label]
+
+
+def test_prepared_rows_with_control_token_text(tmp_path, tiny_model_dir, tiny_tokenizer):
+    every = " ".join(_specials(tiny_tokenizer))
+    rows = [{"prompt": f"{every} 질문", "completion": f"답 {every}"}]
+    spec = JobSpec(model=str(tiny_model_dir), training_file=str(_write(tmp_path, rows)))
+    ex = prepare(spec, tiny_tokenizer).train[0]
+    assert ex.input_ids.count(tiny_tokenizer.bos_token_id) == 1
+    eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert ex.input_ids.count(eot) == 2  # the user turn's and the assistant turn's, from the template

@@ -14,16 +14,6 @@ from core.spec import JobSpec
 from core.training.errors import TrainingInputError
 from core.training.pipeline import run
 
-PAIRS = [
-    ("사과", "빨간 과일"),
-    ("바다", "푸른 물"),
-    ("하늘", "높은 곳"),
-    ("고양이", "야옹 소리"),
-    ("강아지", "멍멍 소리"),
-    ("겨울", "추운 계절"),
-    ("여름", "더운 계절"),
-    ("커피", "쓴 음료"),
-]
 
 
 class RecordingReporter:
@@ -41,20 +31,6 @@ class RecordingReporter:
 
     def event(self, level, message, data=None):
         self.events.append(message)
-
-
-@pytest.fixture(scope="module")
-def learn_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("learn") / "pairs.jsonl"
-    p.write_text(
-        "".join(
-            json.dumps({"prompt": f"{a}의 뜻은?", "completion": b}, ensure_ascii=False)
-            + "\n"
-            for a, b in PAIRS
-        ),
-        encoding="utf-8",
-    )
-    return p
 
 
 def learn_spec(model_dir, data, **hp) -> JobSpec:
@@ -145,6 +121,8 @@ def test_reporter_and_artifacts(learned):
         and spec["versions"]["trl"]
         and spec["seed"] == 42
     )
+    # The dtypes the run really trained in, read from the model (not the requested one).
+    assert spec["dtypes"] == {"base_storage": "nf4 in uint8", "adapter": "float32", "compute": "float32"}
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if "loss" in m] == list(range(1, 81))
     in_training_evals = [m for m in lines if "eval_loss" in m]
@@ -194,16 +172,15 @@ def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path)
         json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert [m["step"] for m in resumed] == list(range(1, 11))
-    # Same trajectory as an uninterrupted run: same data order, optimizer and scheduler state.
-    # Measured: resumed losses agree to ~1e-4 relative; a different data order after resume
-    # (e.g. the length-grouped sampler) moves them by ~2e-2.
+    # Same trajectory as an uninterrupted run: same data order, optimizer and scheduler state,
+    # and fp32 adapter weights on both sides of the pause (test_precision checks the adapter).
     straight = tmp_path / "straight"
     assert run(spec, straight).global_step == 10
     reference = [
         json.loads(ln) for ln in (straight / "metrics.jsonl").read_text().splitlines()
     ]
     assert [m["loss"] for m in resumed] == pytest.approx(
-        [m["loss"] for m in reference], rel=2e-3
+        [m["loss"] for m in reference], rel=1e-6
     )
     assert [m["learning_rate"] for m in resumed] == pytest.approx(
         [m["learning_rate"] for m in reference]
@@ -314,3 +291,84 @@ def test_unloadable_model_is_a_user_error(tmp_path, learn_file):
     spec = JobSpec(model=str(tmp_path / "no-such-model"), training_file=str(learn_file))
     with pytest.raises(TrainingInputError, match="^model: cannot load the tokenizer"):
         dry_run(spec)
+
+
+def test_eval_report_puts_base_and_tuned_side_by_side(learned):
+    """§6.12: the same rows, the same decoding, adapter on and off."""
+    _, _, out = learned
+    report = json.loads((out / "eval_report.json").read_text())
+    base, tuned = report["base_metrics"], report["metrics"]
+    assert set(base) == set(tuned) >= {
+        "eval_loss", "perplexity", "token_accuracy", "rouge1", "rouge1_morphemes", "rouge1_chars",
+        "exact_match", "stopped_at_terminator",
+    }
+    assert report["comparison"]["exact_match"] == {"base": base["exact_match"], "tuned": 1.0}
+    assert base["exact_match"] == 0.0 and base["eval_loss"] > tuned["eval_loss"] + 1
+    assert report["decoding"] == {"strategy": "greedy", "max_new_tokens": 16, "repetition_penalty": 1.0}
+    assert report["num_generated"] == report["num_eval_rows"] == 8
+    assert "NFKC" in report["exact_match_rule"] and "kiwipiepy" in report["rouge_tokenization"]["*_morphemes"]
+    sample = report["samples"][0]
+    assert sample["tuned_output"] == sample["prediction"] == sample["reference"]
+    assert sample["base_output"] != sample["reference"] and sample["exact_match"] is True
+    assert sample["rouge"]["rouge1"] == 1.0 and sample["base_rouge"]["rouge1"] < 1.0
+
+
+@pytest.fixture(scope="module")
+def learned_model(learned, tiny_model_dir, learn_file):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from core.training.data import prepare
+    from core.training.model import load_base_model
+
+    _, _, out = learned
+    spec = learn_spec(tiny_model_dir, learn_file)
+    model = PeftModel.from_pretrained(load_base_model(spec, torch.float32), out / "adapter").eval()
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    return spec, model, tok, prepare(spec, tok)
+
+
+def test_batched_generation_equals_one_at_a_time(learned_model):
+    """Left padding and the KV cache change nothing in what is generated."""
+    from core.training.data import Example
+    from core.training.encoding import generation_prompt_ids
+    from core.training.evaluate import decoding, generate
+
+    spec, model, tok, data = learned_model
+    examples = data.eval + [
+        Example(99, [{"role": "user", "content": "긴 " * n + "질문"}, {"role": "assistant", "content": "x"}], [], [])
+        for n in (1, 7, 20)
+    ]
+    prompts = [generation_prompt_ids(tok, ex.turns) for ex in examples]
+    assert len({len(p) for p in prompts}) > 3  # rows of different lengths share a batch
+    stops = [tok.convert_tokens_to_ids("<|eot_id|>"), tok.eos_token_id]
+    batched = generate(model, tok, prompts, stops, decoding(spec), batch_size=16)
+    single = generate(model, tok, prompts, stops, decoding(spec), batch_size=1)
+    assert batched == single
+    assert [t for t, _ in batched[:8]] == [ex.turns[-1]["content"] for ex in data.eval]
+
+
+def test_decoding_settings_are_used_and_recorded(learned_model):
+    from core.training.evaluate import evaluate
+
+    spec, model, tok, data = learned_model
+    ev = spec.evaluation.model_copy(
+        update={"temperature": 5.0, "top_p": 0.9, "repetition_penalty": 1.3, "max_samples": 4, "generation_samples": 2}
+    )
+    sampled = spec.model_copy(update={"evaluation": ev})
+    report = evaluate(sampled, model, tok, data.eval, data.terminator[1])
+    assert report["decoding"] == {
+        "strategy": "sampling", "max_new_tokens": 16, "repetition_penalty": 1.3, "temperature": 5.0, "top_p": 0.9,
+        "seed": 42,
+    }
+    assert report["num_generated"] == 4 and len(report["samples"]) == 2
+    assert report["metrics"]["exact_match"] < 1.0  # a hot temperature really samples
+    assert evaluate(sampled, model, tok, data.eval, data.terminator[1])["samples"] == report["samples"]  # seeded
+
+
+def test_exact_match_compares_normalised_text():
+    from core.training.evaluate import normalised
+
+    assert normalised("요약…  끝\n") == normalised("요약... 끝")
+    assert normalised("ＡＢＣ１") == "ABC1" and normalised("가 나") != normalised("가나")
