@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessions = session_factory(engine)
     app.state.services = Services(settings=settings, sessions=sessions, dispatcher=Dispatcher(settings), store=get_store(settings))
     errors.install(app)
-    metrics.install(app, sessions)
+    metrics.install(app, sessions, settings)
     app.add_middleware(UploadLimit, limit=settings.max_upload_bytes, path="/v1/files")
     for module in (files, jobs, runs, downloads, system):
         app.include_router(module.router)

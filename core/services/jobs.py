@@ -36,13 +36,22 @@ WAITING = (S.VALIDATING_FILES.value, S.QUEUED.value)
 # --- checks -----------------------------------------------------------------------------
 
 
-def check_model(settings: Settings, model: str) -> None:
-    """A model is a hub id the deployment allows, or a directory inside a model root.
+# A branch, tag or commit of a hub repo: git ref-name characters, never a full `refs/...`
+# path (the hub serves pull requests of anyone as refs/pr/N: not what the allowlist allowed).
+REVISION = re.compile(r"^(?!refs/)(?![-/.])(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,128}(?<![/.])$")
+
+
+def check_model(settings: Settings, model: str, revision: str | None = None) -> None:
+    """A model is a hub id the deployment allows (at a branch, tag or commit of that repo),
+    or a directory inside a model root. Checked at create and again by the worker when an
+    attempt starts, since the settings may have changed while the job waited.
 
     Paths are resolved (symlinks, `..`) before the root check, so a link inside a root that
     points elsewhere is refused like the outside path itself.
     """
     if model.startswith(("/", "~", ".")) or "\\" in model or model.startswith("file:"):
+        if revision is not None:
+            raise InvalidRequest("revision applies to hub models only, not to a local directory", param="revision")
         path = Path(model.removeprefix("file://")).expanduser()
         try:
             resolved = path.resolve(strict=True)
@@ -65,6 +74,19 @@ def check_model(settings: Settings, model: str) -> None:
     allow = settings.model_allowlist
     if allow and not any(model == a or (a.endswith(("/", "*")) and model.startswith(a.rstrip("*"))) for a in allow):
         raise InvalidRequest(f"model {model!r} is not in this server's model allowlist", param="model", code="model_not_allowed")
+    if revision is not None and not REVISION.match(revision):
+        raise InvalidRequest(
+            f"revision {revision[:200]!r} must be a branch, tag or commit of {model} (not a refs/... path such as a pull request)",
+            param="revision",
+        )
+
+
+def check_model_use(settings: Settings, spec: dict) -> None:
+    """What a job may load, by the server's current settings: the model (and revision) and
+    whether its code may run. The one check both create and the worker (at attempt start) make."""
+    check_model(settings, spec["model"], spec.get("revision"))
+    if spec.get("trust_remote_code") and not settings.allow_trust_remote_code:
+        raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
 
 
 def _check_data(session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec) -> None:
@@ -103,9 +125,7 @@ def check_template_columns(f: File, template: TemplateSpec) -> None:
 def check_request(session: Session, settings: Settings, team_id: str, request: JobCreateRequest) -> JobSpec:
     """Everything the API can check without a worker; used by create and by the dry run."""
     spec = request.to_spec()
-    check_model(settings, spec.model)
-    if spec.trust_remote_code and not settings.allow_trust_remote_code:
-        raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
+    check_model_use(settings, {"model": spec.model, "revision": spec.revision, "trust_remote_code": spec.trust_remote_code})
     _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template)
     if spec.validation_file:
         _check_data(session, settings, team_id, spec.validation_file, "validation_file", spec.template)
@@ -149,11 +169,7 @@ def create_job(
         existing = _by_idempotency_key(session, team_id, idempotency_key)
         if existing is not None:
             return _replay(existing, spec), False
-    team_quota = session.get(Team, team_id).max_queued_jobs
-    if team_quota is not None:
-        waiting = session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status.in_(WAITING)))
-        if waiting >= team_quota:
-            raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {team_quota}); wait for some to start")
+    check_waiting_quota(session, team_id)
     job = Job(
         team_id=team_id,
         model=spec.model,
@@ -182,6 +198,19 @@ def create_job(
         return _replay(_by_idempotency_key(session, team_id, idempotency_key), spec), False
     set_job_status(session, job.id, S.QUEUED, message="Files validated; job queued", job=job)
     return job, True
+
+
+def check_waiting_quota(session: Session, team_id: str) -> None:
+    """Refuse one more waiting job over the team's max_queued_jobs. The team row stays
+    locked until the caller commits, so concurrent creates and resumes of one team count
+    one after another: 20 at once against a limit of 2 queue exactly 2 (PostgreSQL row
+    lock; SQLite has a single writer anyway)."""
+    limit = session.scalar(select(Team.max_queued_jobs).where(Team.id == team_id).with_for_update())
+    if limit is None:
+        return
+    waiting = session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status.in_(WAITING)))
+    if waiting >= limit:
+        raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {limit}); wait for some to start")
 
 
 def list_jobs(session: Session, team_id: str, *, after: str | None = None, limit: int = 20) -> Page[Job]:
@@ -229,7 +258,9 @@ def pause_job(session: Session, team_id: str, job_id: str) -> Job:
 
 def resume_job(session: Session, team_id: str, job_id: str) -> Job:
     """paused -> queued; the caller dispatches it again after commit."""
-    job = _locked(session, team_id, job_id)
+    get_job(session, team_id, job_id)
+    check_waiting_quota(session, team_id)  # team row first, then the job: one lock order for all
+    job = lock_job(session, job_id)
     if job.status != S.PAUSED.value:
         raise _refuse(job, "resumed")
     return set_job_status(session, job.id, S.QUEUED, message="Job resumed by the user", job=job)
