@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import redis
 from celery import Celery
@@ -13,6 +12,13 @@ from celery import Celery
 from core.tasks import RUN_JOB, worker_queue
 from tests.stacks import children
 from worker.scheduler import tick
+
+
+def blocked_in_a_pop(r: redis.Redis, broker_url: str) -> list[dict]:
+    """Connections to this session's Redis db that are blocked in a command (BRPOP):
+    CLIENT LIST flags them 'b'. Other sessions use other db indexes."""
+    db = broker_url.rsplit("/", 1)[1]
+    return [c for c in r.client_list() if c.get("db") == db and "b" in c.get("flags", "")]
 
 
 def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
@@ -26,9 +32,11 @@ def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
     r = redis.Redis.from_url(broker)
     try:
         with pool.worker(TUNEFORGE_WORKER_SLOTS="2") as w:
-            os.kill(w.pid, signal.SIGSTOP)  # its scheduler and consumer stop; its blocking pop (1 s) lapses
+            os.kill(w.pid, signal.SIGSTOP)  # its scheduler and consumer stop
             try:
-                time.sleep(2.5)
+                # A pop the frozen worker had pending would still take a message off Redis:
+                # wait until Redis itself shows none of its connections blocked in one.
+                pool.wait(lambda: not blocked_in_a_pop(r, broker), "the frozen worker's blocking pop to lapse", timeout=30)
                 jobs = [pool.job(team, max_steps=1) for _ in range(3)]
                 dispatched = tick(sender, settings)  # the same pass every worker runs
                 assert len(dispatched) == 2  # two slots: two go to the broker, one waits in SQL

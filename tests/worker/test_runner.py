@@ -21,9 +21,20 @@ WORKER = "test-host:1"
 
 def run_in_thread(job_id, wsettings, engine, store):
     out = {}
-    t = threading.Thread(target=lambda: out.setdefault("status", runner.run_job(job_id, wsettings, WORKER, engine, store)))
+    t = threading.Thread(target=lambda: out.setdefault("status", runner.run_job(job_id, wsettings, WORKER, engine, store)),
+                         daemon=True, name=f"runner-{job_id}")
     t.start()
     return t, out
+
+
+def join(t: threading.Thread, timeout: float = 60) -> None:
+    """The runner thread must have ended. If it has not, stop its child (so it cannot go on
+    retrying behind the suite's back), then fail."""
+    t.join(timeout)
+    if t.is_alive():
+        runner.stop_all("test timed out")
+        t.join(30)
+        raise AssertionError(f"the runner thread was still running after {timeout}s")
 
 
 def wait_for(predicate, timeout=90, what="condition"):
@@ -88,7 +99,7 @@ def test_cancel_kills_the_training_process(engine, wsettings, store, make_job, t
     with Session(engine) as s:
         cancel_job(s, team_id, job_id)
         s.commit()
-    t.join(60)
+    join(t)
     assert out["status"] == "cancelled" and not alive(pid)
     assert job_row(engine, job_id).status == "cancelled"
 
@@ -104,7 +115,7 @@ def test_child_killed_by_a_signal_loses_the_attempt_then_fails_when_attempts_run
         t, out = run_in_thread(job_id, wsettings, engine, store)
         wait_for(lambda n=attempt: _metric_of_attempt(engine, job_id, n), what=f"attempt {attempt} training")
         os.kill(child_pid(), signal.SIGKILL)  # what an OOM kill looks like
-        t.join(60)
+        join(t)
         job = job_row(engine, job_id)
         assert out["status"] == expected and job.status == expected and job.attempt == attempt
     assert job.error["code"] == "training_process_crashed"
@@ -136,7 +147,7 @@ def test_pause_checkpoints_and_next_attempt_resumes(engine, wsettings, store, ma
     with Session(engine) as s:
         pause_job(s, team_id, job_id)
         s.commit()
-    t.join(60)
+    join(t)
     assert out["status"] == "paused"
     job = job_row(engine, job_id)
     assert job.status == "paused" and job.step < 12
