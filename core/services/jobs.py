@@ -38,7 +38,7 @@ WAITING = (S.VALIDATING_FILES.value, S.QUEUED.value)
 
 # A branch, tag or commit of a hub repo: git ref-name characters, never a full `refs/...`
 # path (the hub serves pull requests of anyone as refs/pr/N: not what the allowlist allowed).
-REVISION = re.compile(r"^(?!refs/)(?![-/.])(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,128}(?<![/.])$")
+REVISION = re.compile(r"^(?!refs/)(?![-/.])(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,128}(?<![/.])\Z")
 
 
 def check_model(settings: Settings, model: str, revision: str | None = None) -> None:
