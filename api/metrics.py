@@ -56,10 +56,18 @@ def install(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -
         return response
 
     if settings.metrics_port:
-        server: list = []
-        app.router.on_startup.append(
-            lambda: server.extend(start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)))
-        app.router.on_shutdown.append(lambda: [srv.shutdown() for srv, _thread in server[:1]])
+        servers: list = []
+
+        def start() -> None:
+            servers.append(start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)[0])
+
+        def stop() -> None:
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+
+        app.router.on_startup.append(start)
+        app.router.on_shutdown.append(stop)
         return
 
     @app.get("/metrics", include_in_schema=False)
