@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="Local model dirs allowed")
     model_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Hub ids/prefixes allowed; empty = any")
     allow_hub_datasets: bool = False
+    hub_cache_dir: Path | None = Field(None, description="Cache of hub datasets a worker fetches; unset = Hugging Face's own (HF_HOME)")
     allow_trust_remote_code: bool = False
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)

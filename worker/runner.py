@@ -38,7 +38,7 @@ from core.services.jobs import check_model_use
 from core.states import TERMINAL, JobStatus
 from core.storage import get_store
 from worker.process import KILL_GRACE_SECONDS, TrainingProcess
-from worker.transfers import InputMissing, Transfers
+from worker.transfers import InputInvalid, InputMissing, Transfers
 
 log = logging.getLogger(__name__)
 S = JobStatus
@@ -147,7 +147,8 @@ class JobRun:
     transfers: Transfers = field(init=False)
 
     def __post_init__(self) -> None:
-        self.transfers = Transfers(self.job_id, self.store, self.engine, self._beat, self.settings.heartbeat_seconds)
+        self.transfers = Transfers(self.job_id, self.store, self.engine, self._beat, self.settings.heartbeat_seconds,
+                                   max_rows=self.settings.max_upload_rows, hub_cache=self.settings.hub_cache_dir)
 
     @property
     def job_id(self) -> str:
@@ -383,6 +384,8 @@ def _runner_error(e: BaseException) -> dict:
     """The job's error for a failure of the runner itself (not of the training process)."""
     if isinstance(e, InputMissing):
         return {"code": "file_not_found", "message": str(e), "param": None}
+    if isinstance(e, InputInvalid):
+        return {"code": "invalid_training_input", "message": str(e), "param": None}
     if isinstance(e, InvalidRequest):  # refused by the settings at attempt start
         return {"code": e.code or "invalid_request", "message": e.message, "param": e.param}
     return {"code": "runner_error", "message": f"{type(e).__name__}: {e}", "param": None}

@@ -57,7 +57,8 @@ def dry_run(spec: dict, team_id: str) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-dryrun-") as tmp:
         try:
-            transfers = Transfers("dry-run", get_store(settings), get_engine(settings.database_url))
+            transfers = Transfers("dry-run", get_store(settings), get_engine(settings.database_url),
+                                  max_rows=settings.max_upload_rows, hub_cache=settings.hub_cache_dir)
             local = transfers.fetch_inputs(spec, team_id, Path(tmp), relative=False)
             return count(JobSpec.model_validate(local))
         except (TrainingInputError, DataFileError, ValueError) as e:

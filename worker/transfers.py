@@ -15,6 +15,7 @@ workdir, out/checkpoints/checkpoint-N), and adapter.tar.gz made here before uplo
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 import threading
@@ -26,16 +27,19 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from core.db import session_scope
+from core.hubdata import check_rows, is_hub_ref, parse_hub_ref
 from core.models import File
 from core.storage import StoredObject
 
 log = logging.getLogger(__name__)
 
-HUB_DATA_PREFIX = "hf://"
-
 
 class InputMissing(ValueError):
     """A job's file was deleted between submission and run."""
+
+
+class InputInvalid(ValueError):
+    """A job's data, fetched from elsewhere than an upload, breaks the upload's rules."""
 
 
 class LeaseKeeper:
@@ -93,6 +97,8 @@ class Transfers:
     engine: Engine
     beat: Callable[[], str | None] | None = None
     heartbeat_seconds: float = 5.0
+    max_rows: int = 5_000_000  # Settings.max_upload_rows: a hub dataset is held to the upload's limits
+    hub_cache: Path | None = None
     control: str | None = None  # the newest pause/cancel request heard during a transfer
 
     def _kept_alive(self) -> LeaseKeeper:
@@ -108,23 +114,45 @@ class Transfers:
         names them relative to root (the child's cwd) so the spec, and the hash resume
         matches on, is the same on every attempt; a dry run wants absolute paths."""
         spec = dict(spec)
-        wanted: list[tuple[str, str, Path]] = []
-        with session_scope(self.engine) as s:
+        uploads: list[tuple[str, str, Path]] = []
+        hub: list[tuple[str, str, Path]] = []
+        with session_scope(self.engine) as s:  # closed before anything moves: no connection held for minutes
             for key in ("training_file", "validation_file"):
                 ref = spec.get(key)
-                if not ref or "://" in ref:
+                if not ref:
+                    continue
+                if is_hub_ref(ref):
+                    hub.append((key, ref, Path("input") / f"hub-{key}.jsonl"))
                     continue
                 f = s.get(File, ref)
                 if f is None or f.team_id != team_id or f.deleted_at is not None:
                     raise InputMissing(f"{key}: file {ref!r} no longer exists")
-                rel = Path("input") / f"{f.id}{Path(f.storage_key).suffix or '.' + f.format}"
-                wanted.append((key, f.storage_key, rel))
+                uploads.append((key, f.storage_key, Path("input") / f"{f.id}{Path(f.storage_key).suffix or '.' + f.format}"))
         with self._kept_alive() as keeper:
-            for key, storage_key, rel in wanted:
+            for key, storage_key, rel in uploads:
                 self.store.get_file(storage_key, root / rel)
+                spec[key] = str(rel if relative else root / rel)
+            for key, ref, rel in hub:
+                self.fetch_hub_dataset(ref, key, root / rel)
                 spec[key] = str(rel if relative else root / rel)
         self._note(keeper)
         return spec
+
+    def fetch_hub_dataset(self, ref: str, key: str, dest: Path) -> Path:
+        """The rows of a hub dataset as a JSONL file at dest, checked as an upload would be."""
+        from core.datafiles import DataFileError
+        from core.training.hubdata import load_rows
+
+        try:
+            rows = load_rows(parse_hub_ref(ref), self.max_rows, self.hub_cache)
+            check_rows(rows, self.max_rows)
+        except (DataFileError, ValueError, OSError) as e:
+            raise InputInvalid(f"{key}: {ref}: {e}") from None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        return dest
 
     def fetch_checkpoint(self, storage_key: str, dest: Path) -> Path:
         with self._kept_alive() as keeper:

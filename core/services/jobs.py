@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.datafiles import detect_format
 from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
+from core.hubdata import REVISION, parse_hub_ref
 from core.jobrequest import JobCreateRequest
 from core.models import Checkpoint, File, Job, JobEvent, Metric, Team
 from core.services.files import get_file
@@ -34,11 +35,6 @@ WAITING = (S.VALIDATING_FILES.value, S.QUEUED.value)
 
 
 # --- checks -----------------------------------------------------------------------------
-
-
-# A branch, tag or commit of a hub repo: git ref-name characters, never a full `refs/...`
-# path (the hub serves pull requests of anyone as refs/pr/N: not what the allowlist allowed).
-REVISION = re.compile(r"^(?!refs/)(?![-/.])(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,128}(?<![/.])\Z")
 
 
 def check_model(settings: Settings, model: str, revision: str | None = None) -> None:
@@ -93,7 +89,11 @@ def _check_data(session: Session, settings: Settings, team_id: str, ref: str, pa
     if ref.startswith(HUB_DATA_PREFIX):
         if not settings.allow_hub_datasets:
             raise InvalidRequest(f"{param}: hub datasets ({HUB_DATA_PREFIX}...) are not allowed on this server", param=param)
-        return  # columns unknown until the worker downloads it
+        try:
+            parse_hub_ref(ref)
+        except ValueError as e:
+            raise InvalidRequest(f"{param}: {e}", param=param) from None
+        return  # columns unknown until the worker fetches it (and checks its rows like an upload)
     f = get_file(session, team_id, ref, param=param)
     check_template_columns(f, template)
 
