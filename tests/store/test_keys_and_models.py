@@ -87,3 +87,22 @@ class TestRevision:
             check_model_use(settings(), spec)
         assert e.value.param == "trust_remote_code"
         check_model_use(settings(allow_trust_remote_code=True), spec)
+
+
+class TestSecrets:
+    @pytest.mark.parametrize("embedded", [False, True])
+    @pytest.mark.parametrize("secret", ["changeme", "secret", "tuneforge", "Dev", "short-one"])
+    def test_placeholder_or_short_secrets_are_refused_in_every_mode(self, embedded, secret):
+        with pytest.raises(ValueError, match="TUNEFORGE_SECRET_KEY"):
+            Settings(embedded=embedded, secret_key=secret)
+
+    def test_only_the_embedded_mode_may_start_without_one(self, tmp_path):
+        from core.embedded import embedded_env
+
+        Settings(embedded=True)  # `tuneforge up` generates one before anything is signed
+        with pytest.raises(ValueError, match="TUNEFORGE_SECRET_KEY"):
+            Settings(embedded=False)
+        env = embedded_env(tmp_path, "127.0.0.1", 8000, environ={})
+        generated = env["TUNEFORGE_SECRET_KEY"]
+        assert len(generated) >= 32 and (tmp_path / "secret_key").read_text().strip() == generated
+        Settings(embedded=True, secret_key=generated)
