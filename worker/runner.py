@@ -189,11 +189,15 @@ class JobRun:
             check_model_use(self.settings, self.claim.spec)  # the settings may have changed since create
             spec = self._fetch_inputs()
             resume = self._fetch_checkpoint()
-            gpus = int((self.claim.spec.get("resources") or {}).get("gpus") or 1)
-            self.child = TrainingProcess(self.root, spec, self.out, resume, gpus, self.job_id)
-            log.info("job %s attempt %s: training process %s started (%d rank(s))", self.job_id, self.attempt, self.child.pid, gpus)
-            self._supervise()
-            status = self._conclude()
+            if self.killed_for == "shutdown":  # the worker began stopping while the inputs moved
+                status = self._requeue("Worker stopped before training started; job re-queued")
+            else:
+                gpus = int((self.claim.spec.get("resources") or {}).get("gpus") or 1)
+                self.child = TrainingProcess(self.root, spec, self.out, resume, gpus, self.job_id)
+                log.info("job %s attempt %s: training process %s started (%d rank(s))", self.job_id, self.attempt,
+                         self.child.pid, gpus)
+                self._supervise()
+                status = self._conclude()
         except StaleAttempt as e:
             log.warning("job %s: %s; stopping this attempt", self.job_id, e)
             self._kill("stale")

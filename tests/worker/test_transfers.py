@@ -112,3 +112,27 @@ def test_the_lease_keeper_stops_with_its_block():
     n = len(beats)
     time.sleep(0.3)
     assert n >= 2 and len(beats) == n
+
+
+def test_a_worker_stopping_while_inputs_download_starts_no_training(engine, wsettings, store, make_job):
+    """stop_all() during the input transfer: the job goes back to the queue, and no training
+    process is started after the worker was asked to stop."""
+    import threading
+
+    from worker import runner
+
+    job_id = make_job()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("status", runner.run_job(job_id, wsettings, WORKER, engine,
+                                                                                SlowStore(store, delay=2.0))),
+                         daemon=True, name=f"runner-{job_id}")
+    t.start()
+    deadline = time.monotonic() + 30
+    while job_id not in runner.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.stop_all("test")
+    t.join(60)
+    assert not t.is_alive() and out["status"] == "queued"
+    with Session(engine) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "queued" and job.step is None
