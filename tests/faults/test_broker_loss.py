@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import redis
 from celery import Celery
@@ -14,11 +15,30 @@ from tests.stacks import children
 from worker.scheduler import tick
 
 
-def blocked_in_a_pop(r: redis.Redis, broker_url: str) -> list[dict]:
-    """Connections to this session's Redis db that are blocked in a command (BRPOP):
-    CLIENT LIST flags them 'b'. Other sessions use other db indexes."""
-    db = broker_url.rsplit("/", 1)[1]
-    return [c for c in r.client_list() if c.get("db") == db and "b" in c.get("flags", "")]
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of pid's sockets, from /proc (readable while it is stopped)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def blocked_in_a_pop(r: redis.Redis, pid: int) -> list[dict]:
+    """pid's connections that Redis shows blocked in a command (BRPOP): CLIENT LIST flags
+    them 'b'. Matched by port, since other workers of the session share the db."""
+    ports = local_ports(pid)
+    return [c for c in r.client_list() if "b" in c.get("flags", "") and int(c["addr"].rsplit(":", 1)[1]) in ports]
 
 
 def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
@@ -32,11 +52,13 @@ def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
     r = redis.Redis.from_url(broker)
     try:
         with pool.worker(TUNEFORGE_WORKER_SLOTS="2") as w:
+            # Redis shows the worker waiting in a blocking pop (so the check below sees pops).
+            pool.wait(lambda: blocked_in_a_pop(r, w.pid), "the worker to wait on its queues", timeout=60)
             os.kill(w.pid, signal.SIGSTOP)  # its scheduler and consumer stop
             try:
                 # A pop the frozen worker had pending would still take a message off Redis:
                 # wait until Redis itself shows none of its connections blocked in one.
-                pool.wait(lambda: not blocked_in_a_pop(r, broker), "the frozen worker's blocking pop to lapse", timeout=30)
+                pool.wait(lambda: not blocked_in_a_pop(r, w.pid), "the frozen worker's blocking pop to lapse", timeout=30)
                 jobs = [pool.job(team, max_steps=1) for _ in range(3)]
                 dispatched = tick(sender, settings)  # the same pass every worker runs
                 assert len(dispatched) == 2  # two slots: two go to the broker, one waits in SQL
