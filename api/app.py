@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestGuard, sessions=sessions, request_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
     )
-    metrics.install(app, sessions)
+    metrics.install(app, sessions, settings)
     for module in (files, jobs, runs, downloads, pool, system):
         app.include_router(module.router)
     install_dashboard(app)

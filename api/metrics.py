@@ -2,18 +2,25 @@
 
 Each app gets its own registry (tests build several apps in one process). Job counts are
 read from SQL at scrape time, so they are right even with several API replicas.
+
+Who may scrape: by default anyone who reaches the API port; with TUNEFORGE_METRICS_TOKEN a
+scrape needs that bearer token; with TUNEFORGE_METRICS_PORT the figures are served on a port
+of their own (kept off the public network) and /metrics leaves the API port.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import Settings
+from core.errors import Unauthorized
 from core.models import Job
 
 
@@ -32,7 +39,7 @@ class JobsByStatus:
         yield g
 
 
-def install(app: FastAPI, sessions: sessionmaker[Session]) -> None:
+def install(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -> None:
     registry = CollectorRegistry()
     requests = Counter("tuneforge_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("tuneforge_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
@@ -48,6 +55,28 @@ def install(app: FastAPI, sessions: sessionmaker[Session]) -> None:
         latency.labels(request.method, path).observe(time.perf_counter() - start)
         return response
 
+    if settings.metrics_port:
+        servers: list = []
+
+        def start() -> None:
+            servers.append(start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)[0])
+
+        def stop() -> None:
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+
+        app.router.on_startup.append(start)
+        app.router.on_shutdown.append(stop)
+        return
+
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        if settings.metrics_token and not _token_matches(request, settings.metrics_token):
+            raise Unauthorized("GET /metrics needs 'Authorization: Bearer <TUNEFORGE_METRICS_TOKEN>'", code="invalid_metrics_token")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _token_matches(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import Row
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
@@ -268,16 +268,17 @@ class WorkerObject(BaseModel):
     gpus: int
     gpu_name: str | None
     gpu_memory_gb: float | None
-    running_job_ids: list[str]
+    running_job_ids: list[str] = Field(description="The caller's own jobs on this worker")
+    running_jobs: int = Field(description="Jobs of every team running on this worker")
     active: bool
     started_at: int
     last_heartbeat: int
 
 
-def worker_object(w: Worker) -> WorkerObject:
+def worker_object(w: Worker, own_job_ids: list[str]) -> WorkerObject:
     return WorkerObject(
         id=w.id, hostname=w.hostname, slots=w.slots, gpus=w.gpus, gpu_name=w.gpu_name, gpu_memory_gb=w.gpu_memory_gb,
-        running_job_ids=w.running_job_ids or [], active=w.active, started_at=unix(w.started_at), last_heartbeat=unix(w.last_heartbeat),
+        running_job_ids=own_job_ids, running_jobs=len(w.running_job_ids or []), active=w.active, started_at=unix(w.started_at), last_heartbeat=unix(w.last_heartbeat),
     )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -107,18 +108,10 @@ def create_team(
     share: float = typer.Option(1.0, help="Fair-share weight against other teams"),
 ) -> None:
     """Create a team; prints its id."""
-    from core.db import get_engine, session_scope
-    from core.errors import TuneforgeError
     from core.services.auth import create_team as create
 
-    settings = _settings()
-    try:
-        with session_scope(get_engine(settings.database_url)) as s:
-            team = create(s, name, max_running_jobs=max_running_jobs, max_queued_jobs=max_queued_jobs, share=share)
-            team_id = team.id
-    except TuneforgeError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        raise typer.Exit(code=1) from None
+    with _admin_session() as s:
+        team_id = create(s, name, max_running_jobs=max_running_jobs, max_queued_jobs=max_queued_jobs, share=share).id
     typer.echo(team_id)
 
 
@@ -128,21 +121,88 @@ def create_key(
     name: str = typer.Option(None, help="A label for the key"),
 ) -> None:
     """Create an API key for a team; the key is printed once, alone on the last line."""
-    from sqlalchemy import or_, select
+    from core.services.auth import create_api_key, find_team
 
-    from core.db import get_engine, session_scope
-    from core.models import Team
-    from core.services.auth import create_api_key
+    with _admin_session() as s:
+        row = find_team(s, team)
+        key_row, key = create_api_key(s, row.id, name=name)
+        team_name, team_id, key_id = row.name, row.id, key_row.id
+    typer.echo(f"API key {key_id} for team {team_name} ({team_id}); it is shown only now:")
+    typer.echo(key)
+
+
+@admin.command("list-keys")
+def list_keys(team: str = typer.Argument(..., help="Team name or id")) -> None:
+    """A team's keys: id, prefix, created, last used, revoked (never the key itself)."""
+    from core.services.auth import find_team, list_keys as keys_of
+
+    with _admin_session() as s:
+        rows = [(k.id, k.prefix, _when(k.created_at), _when(k.last_used_at), _when(k.revoked_at), k.name or "")
+                for k in keys_of(s, find_team(s, team).id)]
+    typer.echo("\t".join(("id", "prefix", "created", "last_used", "revoked", "name")))
+    for row in rows:
+        typer.echo("\t".join(row))
+
+
+@admin.command("revoke-key")
+def revoke_key(key_id: str = typer.Argument(..., help="The key's id (see list-keys)")) -> None:
+    """Revoke an API key: requests with it answer 401 from now on."""
+    from core.services.auth import revoke_key as revoke
+
+    with _admin_session() as s:
+        row = revoke(s, key_id)
+        typer.echo(f"key {row.id} ({row.prefix}...) revoked at {_when(row.revoked_at)}")
+
+
+@admin.command("set-retention")
+def set_retention(
+    team: str = typer.Argument(..., help="Team name or id"),
+    keep_checkpoints: int = typer.Option(..., min=0, help="Newest checkpoints kept after a job ends"),
+    keep_best: bool = typer.Option(True, help="Also keep the checkpoint with the lowest eval loss"),
+) -> None:
+    """Set how many checkpoints of a finished job the team keeps (default 2 + the best)."""
+    from core.services.auth import find_team
+
+    with _admin_session() as s:
+        row = find_team(s, team)
+        row.keep_checkpoints, row.keep_best_checkpoint = keep_checkpoints, keep_best
+    typer.echo(f"team {team}: keeps the newest {keep_checkpoints} checkpoint(s){' and the best' if keep_best else ''}")
+
+
+@admin.command("gc")
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed")) -> None:
+    """Reclaim what retention and crashes left behind: checkpoints beyond a team's policy,
+    store objects no row refers to, this host's stale work dirs, old history (if enabled)."""
+    from core.db import get_engine
+    from core.services.retention import collect_garbage
+    from core.storage import get_store
 
     settings = _settings()
-    with session_scope(get_engine(settings.database_url)) as s:
-        row = s.scalars(select(Team).where(or_(Team.name == team, Team.id == team))).first()
-        if row is None:
-            typer.echo(f"error: no team named {team!r}", err=True)
-            raise typer.Exit(code=1)
-        _key_row, key = create_api_key(s, row.id, name=name)
-    typer.echo(f"API key for team {row.name} ({row.id}); it is shown only now:")
-    typer.echo(key)
+    report = collect_garbage(get_engine(settings.database_url), get_store(settings), settings.work_dir, dry_run=dry_run,
+                             retention_days=settings.event_retention_days)
+    lines = report.lines(dry_run)
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"{len(lines)} item(s) {'to remove' if dry_run else 'removed'}")
+
+
+def _when(dt) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else "-"
+
+
+@contextmanager
+def _admin_session():
+    """A committed unit of work for an admin command; domain errors become `error: ...` and exit 1."""
+    from core.db import get_engine, session_scope
+    from core.errors import TuneforgeError
+
+    settings = _settings()
+    try:
+        with session_scope(get_engine(settings.database_url)) as s:
+            yield s
+    except TuneforgeError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 def _add_jobs() -> None:

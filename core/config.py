@@ -2,8 +2,8 @@
 
 Plain URLs are accepted and normalised to the driver we use (`postgresql://` becomes
 `postgresql+psycopg://`), so operators can paste what their database gives them.
-Outside the embedded mode a missing or placeholder secret refuses to start: download
-links are signed with it, and a guessable key would let anyone fetch any artifact.
+A missing or placeholder secret refuses to start (the embedded mode generates its own):
+download links are signed with it, and a guessable key would let anyone fetch any artifact.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Settings(DataLimitSettings):
     model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="Local model dirs allowed")
     model_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Hub ids/prefixes allowed; empty = any")
     allow_hub_datasets: bool = False
+    hub_cache_dir: Path | None = Field(None, description="Cache of hub datasets a worker fetches; unset = Hugging Face's own (HF_HOME)")
     allow_trust_remote_code: bool = False
 
     max_request_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body outside uploads (job specs)")
@@ -96,6 +97,20 @@ class Settings(DataLimitSettings):
         description="The worker host's one hub-model cache (huggingface_hub layout; jobs lock per model so a "
         "model is fetched once); unset = huggingface_hub's default (HF_HUB_CACHE)",
     )
+
+    # Retention and housekeeping (core/services/retention.py).
+    event_retention_days: int | None = Field(
+        None, ge=1, description="Delete events (except status changes) and metric points of jobs finished this long ago; unset = keep"
+    )
+    maintenance_interval_seconds: float = Field(
+        300.0, gt=0, description="How often each worker sweeps stale work dirs (and prunes history when enabled)"
+    )
+
+    # Prometheus /metrics: on the API port for anyone (default), behind a bearer token, or
+    # only on a port of its own (then absent from the API port).
+    metrics_token: str = Field("", description="When set, GET /metrics needs 'Authorization: Bearer <token>'")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics on this port instead of the API's")
+    metrics_host: str = Field("0.0.0.0", description="Interface of the separate metrics port")
 
     @property
     def result_backend_url(self) -> str | None:
@@ -157,12 +172,19 @@ class Settings(DataLimitSettings):
 
     @model_validator(mode="after")
     def _secret_required(self) -> Settings:
-        if not self.embedded and self.secret_key.strip().lower() in PLACEHOLDER_SECRETS:
+        """A secret someone typed (a placeholder, a short word) is refused in every mode: the
+        embedded mode generates a long random one into <home>/secret_key and may only run
+        without any (nothing is signed until `tuneforge up` has made it)."""
+        secret = self.secret_key.strip()
+        if self.embedded and not secret:
+            return self
+        if secret.lower() in PLACEHOLDER_SECRETS:
             raise ValueError(
                 "TUNEFORGE_SECRET_KEY is missing or a placeholder; set a long random value "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                + ("; or unset it and `tuneforge up` generates one" if self.embedded else "")
             )
-        if len(self.secret_key) < 16 and not self.embedded:
+        if len(secret) < 16:
             raise ValueError("TUNEFORGE_SECRET_KEY must be at least 16 characters")
         return self
 

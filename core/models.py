@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -57,6 +58,9 @@ class Team(Base):
     share: Mapped[float] = mapped_column(Float, default=1.0)  # fair-share weight
     max_running_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Retention (core/services/retention.py): checkpoints of a finished job kept in the store.
+    keep_checkpoints: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
+    keep_best_checkpoint: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
 
 
@@ -72,6 +76,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Updated at most once a minute (core/services/auth.py): enough to spot unused keys.
+    last_used_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
 
     team: Mapped[Team] = relationship()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -70,6 +71,7 @@ class ArtifactStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def keys(self, prefix: str) -> Iterator[str]: ...
     def signed_url(self, key: str, ttl_seconds: int, filename: str | None = None) -> tuple[str, datetime]: ...
 
 
@@ -148,7 +150,8 @@ def _serializer(secret: str) -> URLSafeSerializer:
 
 
 def sign_download_token(key: str, secret: str, expires_at: datetime, filename: str | None = None) -> str:
-    payload = {"k": check_key(key), "e": int(expires_at.timestamp()), "f": filename}
+    # Milliseconds, not whole seconds: rounding down made a link live up to 1 s less than its TTL.
+    payload = {"k": check_key(key), "e": round(expires_at.timestamp(), 3), "f": filename}
     return _serializer(secret).dumps(payload)
 
 
@@ -162,7 +165,7 @@ def decode_download_token(token: str, secret: str) -> DownloadToken:
         check_key(key)
     except (BadData, KeyError, TypeError, InvalidRequest):
         raise Forbidden("download link is invalid") from None
-    if not isinstance(expires, int) or time.time() >= expires:
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not time.time() < expires < math.inf:
         raise Forbidden("download link has expired")
     return DownloadToken(key=key, expires_at=datetime.fromtimestamp(expires, UTC), filename=filename)
 
@@ -201,6 +204,10 @@ class _StoreBase(ABC):
         if not found:
             raise NotFound(f"no artifacts under {prefix!r}", param="prefix")
         return dest
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        """Every object key below `prefix/` (what `tuneforge admin gc` compares with the rows)."""
+        return self._keys_under(check_key(prefix))
 
     @abstractmethod
     def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> StoredObject: ...
@@ -260,7 +267,7 @@ class LocalStore(_StoreBase):
 
     def signed_url(self, key: str, ttl_seconds: int, filename: str | None = None) -> tuple[str, datetime]:
         _check_ttl(ttl_seconds)
-        expires_at = datetime.fromtimestamp(int(time.time()) + ttl_seconds, UTC)
+        expires_at = datetime.fromtimestamp(round(time.time() + ttl_seconds, 3), UTC)
         token = sign_download_token(key, self._secret, expires_at, filename)
         return f"{self.public_url}/v1/downloads/{token}", expires_at
 

@@ -45,8 +45,58 @@ from core.config import Settings
 from core.migrate import upgrade_head
 
 REPO = Path(__file__).resolve().parents[1]
+# Threads a runner starts (worker.process, worker.transfers) and the tests' runner threads.
+RUNNER_THREADS = ("events-", "lease-keeper", "runner-")
+LEFTOVER_GRACE_SECONDS = 15.0
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379"
+
+
+def child_processes(pid: int) -> list[int]:
+    """Live (not zombie) direct children of pid, from /proc."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(p.name))
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """Fails the session loudly when, after every other fixture is torn down, a runner
+    thread or a child process (a training child, a worker, a server) is still alive: such a
+    leftover goes on writing, retrying or holding ports behind the next run's back. The
+    leftovers are killed after they are reported. Set up first, so torn down last."""
+    yield
+    import signal
+    import threading
+
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while True:
+        threads = [t.name for t in threading.enumerate() if t.is_alive() and t.name.startswith(RUNNER_THREADS)]
+        active = list(getattr(sys.modules.get("worker.runner"), "ACTIVE", {}))
+        procs = child_processes(os.getpid())
+        if not (threads or active or procs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    described = []
+    for pid in procs:
+        try:
+            described.append(f"{pid} ({Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode()[:120]})")
+            if os.getpgid(pid) == pid:  # a session leader (a training child): its whole group
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    if threads or active or procs:
+        pytest.fail(f"left behind at the end of the test session: runner threads {threads}, running jobs {active}, "
+                    f"child processes {described}", pytrace=False)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
-REQUIRED_ENV = {"TUNEFORGE_SECRET_KEY": "x" * 32, "MINIO_ROOT_PASSWORD": "y" * 16}
+REQUIRED_ENV = {"TUNEFORGE_SECRET_KEY": "x" * 32, "MINIO_ROOT_PASSWORD": "y" * 16, "MINIO_SERVICE_PASSWORD": "z" * 16}
 
 
 def compose_command() -> list[str] | None:
@@ -50,7 +50,8 @@ def test_compose_config_is_valid():
                          env={**os.environ, **REQUIRED_ENV})
     assert run.returncode == 0, run.stderr
     # The signing secret is required, never defaulted: without it compose refuses to render.
-    env = {k: v for k, v in os.environ.items() if k != "TUNEFORGE_SECRET_KEY"} | {"MINIO_ROOT_PASSWORD": "y" * 16}
+    env = {k: v for k, v in os.environ.items() if k != "TUNEFORGE_SECRET_KEY"} | {
+        "MINIO_ROOT_PASSWORD": "y" * 16, "MINIO_SERVICE_PASSWORD": "z" * 16}
     run = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env, check=False)
     assert run.returncode != 0 and "TUNEFORGE_SECRET_KEY" in run.stderr
 
@@ -84,3 +85,27 @@ def test_gpu_image_installs_cuda_torch_before_the_project():
     assert torch_at != -1 and project_at and torch_at < project_at.start()
     assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["tuneforge"\]', text, re.MULTILINE)
+
+
+def test_services_use_a_bucket_scoped_minio_user_not_root():
+    """The MinIO root credentials reach only minio and minio-init; api, worker and migrate
+    get the service user, whose policy covers the tuneforge bucket and nothing else."""
+    import json
+
+    svc = services()
+    for name, service in svc.items():
+        env = env_of(service)
+        if name not in ("minio", "minio-init"):
+            assert not any("MINIO_ROOT" in f"{k}={v}" for k, v in env.items()), name
+    for name in ("api", "worker", "migrate"):
+        env = env_of(svc[name])
+        assert env["TUNEFORGE_S3_ACCESS_KEY_ID"] == "${MINIO_SERVICE_USER:-tuneforge-service}"
+        assert env["TUNEFORGE_S3_SECRET_ACCESS_KEY"].startswith("${MINIO_SERVICE_PASSWORD:?")
+    init = svc["minio-init"]
+    policy = json.loads(env_of(init)["BUCKET_POLICY"])
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    assert resources == {"arn:aws:s3:::tuneforge", "arn:aws:s3:::tuneforge/*"}
+    assert all(a.startswith("s3:") and "*" not in a for a in actions) and "s3:DeleteBucket" not in actions
+    script = init["command"][0]
+    assert "mc admin user add" in script and "mc admin policy attach local tuneforge-bucket" in script

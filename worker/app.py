@@ -83,6 +83,25 @@ def _heartbeat_loop() -> None:
             log.exception("worker heartbeat failed")
 
 
+def _maintenance_loop() -> None:
+    """Retention on this host: work dirs no live attempt owns (a killed worker's leftovers,
+    with any copies of files deleted since), checkpoints beyond a finished job's policy, and
+    old history when TUNEFORGE_EVENT_RETENTION_DAYS is set. Every worker may run it at once:
+    each step is idempotent. Store-wide orphans are `tuneforge admin gc`'s (a full listing)."""
+    from core.services.retention import collect_garbage
+    from core.storage import get_store
+
+    engine, store = get_engine(settings.database_url), get_store(settings)
+    while not STOPPING.wait(settings.maintenance_interval_seconds):
+        try:
+            report = collect_garbage(engine, store, settings.work_dir, dry_run=False, scan_store=False,
+                                     retention_days=settings.event_retention_days)
+            for line in report.lines(dry_run=False):
+                log.info("maintenance: %s", line)
+        except Exception:
+            log.exception("worker maintenance failed")
+
+
 @signals.celeryd_after_setup.connect
 def _own_queue(instance, **_kwargs) -> None:
     """Consume this worker's own queue whatever -Q says: the scheduler sends jobs there."""
@@ -96,6 +115,7 @@ def _register(**_kwargs) -> None:
         register_worker(s, WORKER_ID, socket.gethostname(), slots=settings.worker_slots, gpus=gpus,
                         gpu_name=name, gpu_memory_gb=memory)
     threading.Thread(target=_heartbeat_loop, daemon=True, name="worker-heartbeat").start()
+    threading.Thread(target=_maintenance_loop, daemon=True, name="worker-maintenance").start()
     scheduler.start(app, settings, STOPPING)
     log.info("worker %s registered: %s slot(s), %s GPU(s)", WORKER_ID, settings.worker_slots, gpus)
 

@@ -1,8 +1,9 @@
 """The training process: runs core.training `run()` for one job attempt.
 
-Started by worker.runner in its own process group, either alone or as every rank of a
-multi-GPU job under `accelerate launch` (core.training.launch); it knows nothing about SQL
-or Celery. Progress goes to the parent as JSON lines appended to an events file (a file,
+Started by worker.process (for worker.runner) in its own process group, with the minimal
+environment of worker.childenv (no database URL, signing secret or store credentials),
+either alone or as every rank of a multi-GPU job under `accelerate launch`
+(core.training.launch); it knows nothing about SQL or Celery. Progress goes to the parent as JSON lines appended to an events file (a file,
 not an inherited pipe: the launcher does not pass descriptors on to the ranks); only rank 0
 writes, and its last line is the result. SIGUSR1 asks for a pause (checkpoint, then exit 0
 with status "paused"), SIGUSR2 for a graceful cancel; a hard cancel is the parent killing

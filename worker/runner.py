@@ -1,33 +1,25 @@
 """Supervises one job attempt: claim, fetch inputs, spawn the training process, forward its
 progress into SQL (fenced by the attempt), obey pause/cancel, upload what it produced.
 
-Training never runs in the worker process: a child (`python -m worker.child`) in its own
-process group does. A cancel or a crash kills that group and nothing else, and GPU memory
-goes back to the driver when the child exits, whatever state the trainer was in.
+Training never runs in the worker process: a child in its own process group does
+(worker.process); files move through worker.transfers, which keep the lease alive while
+they run; what the runner writes is in core.services.runs.
 
-Layout of one attempt (Settings.work_dir/<job>/<attempt>/):
+Layout of one attempt (Settings.work_dir/<job>/<attempt>/), removed when the attempt ends:
     input/      spec.json and the training/validation files, downloaded from the store
     out/        run()'s workdir: outputs, out/checkpoints/checkpoint-N (resumed ones pulled here)
     child.log   the child's stdout/stderr (its last lines become a crash's error message)
     events.jsonl  the child's progress, JSON lines, tailed while it runs
-
-A job asking for several GPUs (resources.gpus > 1) runs its child as N ranks under
-`accelerate launch` (core.training.launch); the events file, not an inherited pipe, is the
-channel because the launcher does not pass descriptors on to the ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import queue
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,11 +31,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core.config import Settings
 from core.db import get_engine, session_scope
-from core.errors import IllegalTransition, StaleAttempt
-from core.models import File, Job, Team
-from core.services import runs
-from core.states import JobStatus
+from core.errors import IllegalTransition, InvalidRequest, StaleAttempt
+from core.models import Job, Team
+from core.services import retention, runs
+from core.services.jobs import check_model_use
+from core.states import TERMINAL, JobStatus
 from core.storage import get_store
+from worker.process import KILL_GRACE_SECONDS, TrainingProcess
+from worker.transfers import InputInvalid, InputMissing, Transfers
 
 log = logging.getLogger(__name__)
 S = JobStatus
@@ -53,8 +48,6 @@ S = JobStatus
 ACTIVE: dict[str, JobRun] = {}
 _ACTIVE_LOCK = threading.Lock()
 
-KILL_GRACE_SECONDS = 10.0
-STDERR_TAIL_LINES = 20
 # A dropped database connection (restart, failover, a killed backend) is retried for at most
 # this long: past a lease the job belongs to the reconciler anyway.
 DB_RETRY_SECONDS = 30.0
@@ -126,30 +119,6 @@ def run_job(job_id: str, settings: Settings, worker_id: str, engine: Engine | No
             ACTIVE.pop(job_id, None)
 
 
-def download_inputs(engine: Engine, store, spec: dict, team_id: str, root: Path, *, relative: bool) -> dict:
-    """The spec with its uploaded-file ids replaced by local copies under root/input/.
-
-    Hub datasets (hf://) stay as they are: the pipeline fetches those itself.
-    """
-    spec = dict(spec)
-    with session_scope(engine) as s:
-        for key in ("training_file", "validation_file"):
-            ref = spec.get(key)
-            if not ref or "://" in ref:
-                continue
-            f = s.get(File, ref)
-            if f is None or f.team_id != team_id or f.deleted_at is not None:
-                raise InputMissing(f"{key}: file {ref!r} no longer exists")
-            rel = Path("input") / f"{f.id}{Path(f.storage_key).suffix or '.' + f.format}"
-            store.get_file(f.storage_key, root / rel)
-            spec[key] = str(rel if relative else root / rel)
-    return spec
-
-
-class InputMissing(ValueError):
-    """A job's file was deleted between submission and run."""
-
-
 def fine_tuned_model_name(base: str, team: str, suffix: str | None, job_id: str) -> str:
     """OpenAI's `ft:<base>:<org>:<suffix>:<id>`; a local base is named by its directory."""
     if base.startswith(("/", ".", "~", "file:")):
@@ -160,16 +129,26 @@ def fine_tuned_model_name(base: str, team: str, suffix: str | None, job_id: str)
 
 @dataclass
 class JobRun:
+    """One attempt of one job, from its claim to its last write: check the model, fetch the
+    inputs (and the checkpoint to resume from), start the training process, forward what it
+    reports into SQL and the store while obeying pause/cancel, then conclude and clean up.
+    Files move through `transfers` (which keep the lease alive), the child is a
+    `TrainingProcess`, every SQL write is fenced by the attempt (`_write`)."""
+
     claim: runs.Claim
     settings: Settings
     engine: Engine
     store: Any
-    proc: subprocess.Popen | None = None
+    child: TrainingProcess | None = None
     result: dict | None = None
     error: dict | None = None
-    killed_for: str | None = None  # "cancel" | "shutdown" | "stale"
+    killed_for: str | None = None  # "cancel" | "shutdown" | "stale" | "error" | "hung"
     pause_sent: bool = False
-    events: queue.Queue = field(default_factory=queue.Queue)
+    transfers: Transfers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.transfers = Transfers(self.job_id, self.store, self.engine, self._beat, self.settings.heartbeat_seconds,
+                                   max_rows=self.settings.max_upload_rows, hub_cache=self.settings.hub_cache_dir)
 
     @property
     def job_id(self) -> str:
@@ -178,6 +157,11 @@ class JobRun:
     @property
     def attempt(self) -> int:
         return self.claim.attempt
+
+    @property
+    def proc(self):
+        """The training process's Popen (None before it started)."""
+        return self.child.popen if self.child else None
 
     # --- SQL, fenced -------------------------------------------------------------------
 
@@ -188,43 +172,58 @@ class JobRun:
     def _event(self, message: str, level: str = "info", data: dict | None = None) -> None:
         self._write(runs.record_event, level, message, data)
 
+    def _beat(self) -> str | None:
+        """Renew the lease; returns what the client asked for meanwhile (pause / cancel)."""
+        return self._write(runs.heartbeat, self.settings.lease_seconds)
+
     # --- the attempt -------------------------------------------------------------------
 
     def execute(self) -> str | None:
-        root = Path(self.settings.work_dir).resolve() / self.job_id / str(self.attempt)
-        shutil.rmtree(root, ignore_errors=True)
-        self.root, self.out = root, root / "out"
-        (root / "input").mkdir(parents=True)
+        self.root = Path(self.settings.work_dir).resolve() / self.job_id / str(self.attempt)
+        self.out = self.root / "out"
+        shutil.rmtree(self.root, ignore_errors=True)
+        (self.root / "input").mkdir(parents=True)
         self.out.mkdir()
+        status: str | None = None
         try:
+            check_model_use(self.settings, self.claim.spec)  # the settings may have changed since create
             spec = self._fetch_inputs()
             resume = self._fetch_checkpoint()
-            self._spawn(spec, resume)
-            self._supervise()
-            status = self._conclude()
+            if self.killed_for == "shutdown":  # the worker began stopping while the inputs moved
+                status = self._requeue("Worker stopped before training started; job re-queued")
+            else:
+                gpus = int((self.claim.spec.get("resources") or {}).get("gpus") or 1)
+                self.child = TrainingProcess(self.root, spec, self.out, resume, gpus, self.job_id)
+                log.info("job %s attempt %s: training process %s started (%d rank(s))", self.job_id, self.attempt,
+                         self.child.pid, gpus)
+                self._supervise()
+                status = self._conclude()
         except StaleAttempt as e:
             log.warning("job %s: %s; stopping this attempt", self.job_id, e)
             self._kill("stale")
-            return None
         except BaseException as e:
             log.exception("job %s attempt %s failed in the runner", self.job_id, self.attempt)
             self._kill("error")
-            try:
-                code, text = ("file_not_found", str(e)) if isinstance(e, InputMissing) else ("runner_error", f"{type(e).__name__}: {e}")
-                self._write(runs.finish, S.FAILED, {"code": code, "message": text, "param": None})
-            except (StaleAttempt, IllegalTransition):
-                pass
+            status = S.FAILED.value
+            with contextlib.suppress(StaleAttempt, IllegalTransition):
+                self._write(runs.finish, S.FAILED, _runner_error(e))
             if not isinstance(e, Exception):
                 raise
-            return S.FAILED.value
-        if status in (S.SUCCEEDED.value, S.CANCELLED.value):
-            shutil.rmtree(root, ignore_errors=True)
+        finally:
+            # Whatever is worth keeping is in the store by now (checkpoints as they were
+            # written, artifacts before `succeeded`); a paused or re-queued job resumes from
+            # the store, possibly on another worker, so no status keeps the scratch space.
+            shutil.rmtree(self.root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.root.parent.rmdir()  # the job's dir, once no attempt of it is left here
+        if status in {s.value for s in TERMINAL}:
+            self._apply_retention()
         return status
 
     def _fetch_inputs(self) -> Path:
         """The spec the child gets names its files relative to the attempt dir (its cwd),
         so the spec, and the hash resume matches on, is the same on every attempt."""
-        spec = download_inputs(self.engine, self.store, self.claim.spec, self.claim.team_id, self.root, relative=True)
+        spec = self.transfers.fetch_inputs(self.claim.spec, self.claim.team_id, self.root)
         path = self.root / "input" / "spec.json"
         path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
         return path
@@ -238,107 +237,29 @@ class JobRun:
         if found is None:
             return None
         step, key = found
-        dest = self.out / "checkpoints" / f"checkpoint-{step}"
-        self.store.download_dir(key, dest)
+        dest = self.transfers.fetch_checkpoint(key, self.out / "checkpoints" / f"checkpoint-{step}")
         self._event(f"Resuming from the checkpoint at step {step}", data={"step": step})
         return dest
-
-    def _spawn(self, spec_path: Path, resume: Path | None) -> None:
-        self.events_path = self.root / "events.jsonl"
-        self.events_path.touch()
-        child = ["-m", "worker.child", "--spec", str(spec_path), "--workdir", str(self.out),
-                 "--events", str(self.events_path)]
-        if resume is not None:
-            child += ["--resume-from", str(resume)]
-        gpus = int((self.claim.spec.get("resources") or {}).get("gpus") or 1)
-        cmd = [sys.executable, *(["-m", "core.training.launch", str(gpus)] if gpus > 1 else []), *child]
-        repo = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
-               "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.log_path = self.root / "child.log"
-        with self.log_path.open("wb") as logf:
-            self.proc = subprocess.Popen(
-                cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        threading.Thread(target=self._read_events, daemon=True, name=f"events-{self.job_id}").start()
-        log.info("job %s attempt %s: training process %s started (%d process%s)", self.job_id, self.attempt,
-                 self.proc.pid, gpus, "es" if gpus > 1 else "")
-
-    def _read_events(self) -> None:
-        """Tail the events file until the child is gone and every whole line is read."""
-        with self.events_path.open("r", encoding="utf-8", errors="replace") as f:
-            partial = ""
-            while True:
-                gone = self.proc.poll() is not None  # before reading: lines written before exit are read below
-                while line := f.readline():
-                    partial += line
-                    if not partial.endswith("\n"):
-                        break
-                    line, partial = partial, ""
-                    try:
-                        self.events.put(json.loads(line))
-                    except ValueError:
-                        log.warning("job %s: unreadable line from the training process: %r", self.job_id, line[:200])
-                if gone:
-                    break
-                time.sleep(0.1)
-        self.events.put(None)
 
     def _supervise(self) -> None:
         next_beat = 0.0
         while True:
             try:
-                msg = self.events.get(timeout=0.2)
+                msg = self.child.events.get(timeout=0.2)
             except queue.Empty:
                 msg = {}
             if msg is None:
                 break
             if msg:
                 self._handle(msg)
+            if self.transfers.control:  # heard while a checkpoint was uploading
+                self._control(self.transfers.control)
+                self.transfers.control = None
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.settings.heartbeat_seconds
-                self._control(self._write(runs.heartbeat, self.settings.lease_seconds))
-        try:
-            self.proc.wait(timeout=KILL_GRACE_SECONDS * 3)
-        except subprocess.TimeoutExpired:
+                self._control(self._beat())
+        if not self.child.wait(KILL_GRACE_SECONDS * 3):
             self._kill(self.killed_for or "hung")
-
-    def _control(self, control: str | None) -> None:
-        if control == "cancel" and self.killed_for is None:
-            self._event("Stopping the training process (cancel requested)")
-            self._kill("cancel")
-        elif control == "pause" and not self.pause_sent and self.proc.poll() is None:
-            from worker.child import PAUSE_SIGNAL
-
-            self.pause_sent = True
-            try:  # the group: under accelerate launch, the launcher passes it on to the ranks
-                os.killpg(self.proc.pid, PAUSE_SIGNAL)
-            except ProcessLookupError:
-                pass
-            self._event("Pause requested: checkpointing, then stopping")
-
-    def _kill(self, why: str) -> None:
-        """SIGTERM the child's process group, SIGKILL it after a grace period."""
-        self.killed_for = self.killed_for or why
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, KILL_GRACE_SECONDS)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def shutdown(self, reason: str) -> None:
-        """Called from another thread when the worker stops: kill the child; _conclude
-        gives the job back to the queue as a new attempt later."""
-        self._kill("shutdown")
 
     def _handle(self, msg: dict) -> None:
         kind = msg.get("type")
@@ -356,23 +277,43 @@ class JobRun:
             self.error = {"code": msg.get("code") or "training_error", "message": msg.get("message", ""), "param": None}
 
     def _upload_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
-        key = f"jobs/{self.job_id}/checkpoints/step-{step}"
         try:
-            self.store.upload_dir(key, path)
+            key = self.transfers.upload_checkpoint(step, path)
         except OSError as e:  # e.g. rotated away by the trainer meanwhile; the next one will do
             self._event(f"Could not upload the checkpoint at step {step}: {e}", "warn")
             return
         self._write(runs.record_checkpoint, step, key, metrics)
 
+    def _control(self, control: str | None) -> None:
+        if control == "cancel" and self.killed_for is None:
+            self._event("Stopping the training process (cancel requested)")
+            self._kill("cancel")
+        elif control == "pause" and not self.pause_sent and self.child.running():
+            from worker.child import PAUSE_SIGNAL
+
+            self.pause_sent = True
+            self.child.signal_group(PAUSE_SIGNAL)
+            self._event("Pause requested: checkpointing, then stopping")
+
+    def _kill(self, why: str) -> None:
+        self.killed_for = self.killed_for or why
+        if self.child is not None:
+            self.child.kill()
+
+    def shutdown(self, reason: str) -> None:
+        """Called from another thread when the worker stops: kill the child; _conclude
+        gives the job back to the queue as a new attempt later."""
+        self._kill("shutdown")
+
     # --- the end -----------------------------------------------------------------------
 
     def _conclude(self) -> str:
-        rc = self.proc.returncode
+        rc = self.child.returncode
         if self.killed_for == "cancel":
             self._write(runs.finish, S.CANCELLED, message="Job cancelled; training process stopped")
             return S.CANCELLED.value
         if self.killed_for == "shutdown":
-            return self._requeue()
+            return self._requeue("Worker stopped; job re-queued to resume from its newest checkpoint")
         status = (self.result or {}).get("status")
         if rc == 0 and status == "succeeded":
             return self._succeed()
@@ -385,38 +326,27 @@ class JobRun:
             return status
         if self.error is None and rc is not None and rc < 0:
             return self._lost_attempt(rc)
-        error = self.error or {"code": "training_process_crashed", "message": self._crash_message(rc), "param": None}
-        self._write(runs.finish, S.FAILED, error, message=f"Training failed: {error['message']}")
-        return S.FAILED.value
+        return self._fail(self.error or {"code": "training_process_crashed", "message": self.child.crash_message(), "param": None})
 
     def _lost_attempt(self, rc: int) -> str:
         """The child was killed by a signal nobody here sent (the OOM killer, a segfault in
         a kernel): like a lost worker, that costs the attempt, not the job, until the
         attempts run out. An error the child reported itself (bad input) fails at once."""
-        why = self._crash_message(rc)
-        if self.attempt < self.claim.max_attempts:
-            self._write(runs.finish, S.QUEUED, data={"attempt": self.attempt, "return_code": rc},
-                        message=f"Attempt {self.attempt} of {self.claim.max_attempts} lost: {why}; "
-                                "re-queued to resume from its newest checkpoint")
+        why, n, of = self.child.crash_message(), self.attempt, self.claim.max_attempts
+        if n < of:
+            self._write(runs.finish, S.QUEUED, data={"attempt": n, "return_code": rc},
+                        message=f"Attempt {n} of {of} lost: {why}; re-queued to resume from its newest checkpoint")
             return S.QUEUED.value
-        error = {"code": "training_process_crashed",
-                 "message": f"attempt {self.attempt} of {self.claim.max_attempts} lost, giving up: {why}"[:2000], "param": None}
+        return self._fail({"code": "training_process_crashed", "message": f"attempt {n} of {of} lost, giving up: {why}"[:2000], "param": None})
+
+    def _fail(self, error: dict) -> str:
         self._write(runs.finish, S.FAILED, error, message=f"Training failed: {error['message']}")
         return S.FAILED.value
 
-    def _crash_message(self, rc: int | None) -> str:
-        try:
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            lines = []
-        tail = " | ".join(lines[-3:]) if lines else "no output"
-        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
-        return f"the training process ended unexpectedly ({how}): {tail}"[:2000]
-
-    def _requeue(self) -> str:
+    def _requeue(self, message: str) -> str:
         """The worker is stopping: hand the job back so another attempt resumes it."""
         try:
-            self._write(runs.finish, S.QUEUED, message="Worker stopped; job re-queued to resume from its newest checkpoint")
+            self._write(runs.finish, S.QUEUED, message=message)
         except IllegalTransition:  # it was being cancelled anyway
             self._write(runs.finish, S.CANCELLED, message="Job cancelled; training process stopped")
             return S.CANCELLED.value
@@ -425,41 +355,44 @@ class JobRun:
     def _succeed(self) -> str:
         self._write(runs.record_phase, "uploading")
         out = Path(self.result["output_dir"])
-        uploaded = self._upload_artifacts(out)
-        report = _read_json(out / "dataset_report.json") or {}
+        uploaded = self.transfers.upload_artifacts(out, self.root)
+        for u in uploaded:
+            self._write(runs.record_artifact, u.name, u.stored.bytes, u.stored.sha256, u.key)
         team_name, latest = with_db_retry(
             self.engine, lambda s: (s.get(Team, self.claim.team_id).name, dict(s.get(Job, self.job_id).latest_metrics or {})))
-        epochs = latest.get("epoch")
-        total = (report.get("train_tokens") or {}).get("total_tokens")
-        trained = round(total * epochs) if isinstance(total, int) and isinstance(epochs, (int, float)) else total
         name = fine_tuned_model_name(self.claim.spec["model"], team_name, self.claim.spec.get("suffix"), self.job_id)
         self._write(
             runs.finish, S.SUCCEEDED, None, self.result.get("metrics") or {},
-            message=f"Job succeeded: {len(uploaded)} artifacts uploaded", fine_tuned_model=name, trained_tokens=trained,
+            message=f"Job succeeded: {len(uploaded)} artifacts uploaded", fine_tuned_model=name,
+            trained_tokens=trained_tokens(_read_json(out / "dataset_report.json") or {}, latest.get("epoch")),
         )
         return S.SUCCEEDED.value
 
-    def _upload_artifacts(self, out: Path) -> list[str]:
-        """Every output file except checkpoints, under its relative name, plus adapter.tar.gz."""
-        files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "checkpoints")
-        adapter = out / "adapter"
-        if adapter.is_dir():
-            tar = self.root / "adapter.tar.gz"
-            with tarfile.open(tar, "w:gz") as t:
-                t.add(adapter, arcname="adapter")
-            files.append(tar)
-        names = []
-        next_beat = time.monotonic() + self.settings.heartbeat_seconds
-        for path in files:
-            name = "adapter.tar.gz" if path.parent == self.root else path.relative_to(out).as_posix()
-            key = f"jobs/{self.job_id}/artifacts/{name}"
-            stored = self.store.put_file(key, path)  # sized and hashed while it was copied
-            self._write(runs.record_artifact, name, stored.bytes, stored.sha256, key)
-            names.append(name)
-            if time.monotonic() >= next_beat:  # big uploads must not let the lease lapse
-                next_beat = time.monotonic() + self.settings.heartbeat_seconds
-                self._write(runs.heartbeat, self.settings.lease_seconds)
-        return names
+    def _apply_retention(self) -> None:
+        """Checkpoints beyond the team's policy leave the store once the job has ended; a
+        failure here costs space, never the job (`tuneforge admin gc` catches up)."""
+        try:
+            for key in with_db_retry(self.engine, retention.prune_checkpoints, self.job_id):
+                self.store.delete_prefix(key)
+        except Exception:
+            log.exception("job %s: pruning its checkpoints failed", self.job_id)
+
+
+def trained_tokens(dataset_report: dict, epochs: Any) -> int | None:
+    """Tokens of the training set times the epochs actually run (OpenAI's `trained_tokens`)."""
+    total = (dataset_report.get("train_tokens") or {}).get("total_tokens")
+    return round(total * epochs) if isinstance(total, int) and isinstance(epochs, (int, float)) else total
+
+
+def _runner_error(e: BaseException) -> dict:
+    """The job's error for a failure of the runner itself (not of the training process)."""
+    if isinstance(e, InputMissing):
+        return {"code": "file_not_found", "message": str(e), "param": None}
+    if isinstance(e, InputInvalid):
+        return {"code": "invalid_training_input", "message": str(e), "param": None}
+    if isinstance(e, InvalidRequest):  # refused by the settings at attempt start
+        return {"code": e.code or "invalid_request", "message": e.message, "param": e.param}
+    return {"code": "runner_error", "message": f"{type(e).__name__}: {e}", "param": None}
 
 
 def _read_json(path: Path) -> Any:

@@ -53,11 +53,13 @@ def dry_run(spec: dict, team_id: str) -> dict:
     from core.spec import JobSpec
     from core.training.dry_run import dry_run as count
     from core.training.errors import TrainingInputError
-    from worker.runner import download_inputs
+    from worker.transfers import Transfers
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-dryrun-") as tmp:
         try:
-            local = download_inputs(get_engine(settings.database_url), get_store(settings), spec, team_id, Path(tmp), relative=False)
+            transfers = Transfers("dry-run", get_store(settings), get_engine(settings.database_url),
+                                  max_rows=settings.max_upload_rows, hub_cache=settings.hub_cache_dir)
+            local = transfers.fetch_inputs(spec, team_id, Path(tmp), relative=False)
             return count(JobSpec.model_validate(local))
         except (TrainingInputError, DataFileError, ValueError) as e:
             raise ValueError(str(e).replace(tmp + "/", "")) from None

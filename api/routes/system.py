@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.deps import Services, current_team, get_session, services
 from api.errors import responses
 from api.schemas import ListObject, WorkerObject, list_of, worker_object
-from core.models import Team, Worker
+from core.models import Team
+from core.services.workers import pool_as_seen_by
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/v1/workers", response_model=ListObject[WorkerObject], responses=responses(400, 401))
-def list_workers(_team: Team = Depends(current_team), session: Session = Depends(get_session)):
-    rows = session.scalars(select(Worker).order_by(Worker.last_heartbeat.desc())).all()
-    return list_of([worker_object(w) for w in rows])
+def list_workers(team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    return list_of([worker_object(w, own) for w, own in pool_as_seen_by(session, team.id)])
 
 
 @router.get("/healthz")

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.datafiles import detect_format, validation_rows
 from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
+from core.hubdata import REVISION, parse_hub_ref
 from core.jobrequest import JobCreateRequest
 from core.models import Checkpoint, File, Job, JobEvent, Team
 from core.services import series
@@ -37,13 +38,17 @@ WAITING = (S.VALIDATING_FILES.value, S.QUEUED.value)
 # --- checks -----------------------------------------------------------------------------
 
 
-def check_model(settings: Settings, model: str) -> None:
-    """A model is a hub id the deployment allows, or a directory inside a model root.
+def check_model(settings: Settings, model: str, revision: str | None = None) -> None:
+    """A model is a hub id the deployment allows (at a branch, tag or commit of that repo),
+    or a directory inside a model root. Checked at create and again by the worker when an
+    attempt starts, since the settings may have changed while the job waited.
 
     Paths are resolved (symlinks, `..`) before the root check, so a link inside a root that
     points elsewhere is refused like the outside path itself.
     """
     if model.startswith(("/", "~", ".")) or "\\" in model or model.startswith("file:"):
+        if revision is not None:
+            raise InvalidRequest("revision applies to hub models only, not to a local directory", param="revision")
         try:  # `~nobody/x` cannot be expanded (RuntimeError), a NUL cannot name a path (ValueError)
             resolved = Path(model.removeprefix("file://")).expanduser().resolve(strict=True)
         except (OSError, RuntimeError, ValueError):
@@ -65,13 +70,30 @@ def check_model(settings: Settings, model: str) -> None:
     allow = settings.model_allowlist
     if allow and not any(model == a or (a.endswith(("/", "*")) and model.startswith(a.rstrip("*"))) for a in allow):
         raise InvalidRequest(f"model {model!r} is not in this server's model allowlist", param="model", code="model_not_allowed")
+    if revision is not None and not REVISION.match(revision):
+        raise InvalidRequest(
+            f"revision {revision[:200]!r} must be a branch, tag or commit of {model} (not a refs/... path such as a pull request)",
+            param="revision",
+        )
+
+
+def check_model_use(settings: Settings, spec: dict) -> None:
+    """What a job may load, by the server's current settings: the model (and revision) and
+    whether its code may run. The one check both create and the worker (at attempt start) make."""
+    check_model(settings, spec["model"], spec.get("revision"))
+    if spec.get("trust_remote_code") and not settings.allow_trust_remote_code:
+        raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
 
 
 def _check_data(session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec) -> File | None:
     if ref.startswith(HUB_DATA_PREFIX):
         if not settings.allow_hub_datasets:
             raise InvalidRequest(f"{param}: hub datasets ({HUB_DATA_PREFIX}...) are not allowed on this server", param=param)
-        return None  # columns unknown until the worker downloads it
+        try:
+            parse_hub_ref(ref)
+        except ValueError as e:
+            raise InvalidRequest(f"{param}: {e}", param=param) from None
+        return None  # columns unknown until the worker fetches it (and checks its rows like an upload)
     f = get_file(session, team_id, ref, param=param)
     check_template_columns(f, template)
     return f
@@ -104,9 +126,7 @@ def check_template_columns(f: File, template: TemplateSpec) -> None:
 def check_request(session: Session, settings: Settings, team_id: str, request: JobCreateRequest) -> JobSpec:
     """Everything the API can check without a worker; used by create and by the dry run."""
     spec = request.to_spec()
-    check_model(settings, spec.model)
-    if spec.trust_remote_code and not settings.allow_trust_remote_code:
-        raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
+    check_model_use(settings, {"model": spec.model, "revision": spec.revision, "trust_remote_code": spec.trust_remote_code})
     train = _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template)
     if train is not None and not spec.validation_file and spec.validation_split > 0:
         if validation_rows(train.row_count, spec.validation_split) >= train.row_count:
@@ -156,11 +176,7 @@ def create_job(
         existing = _by_idempotency_key(session, team_id, idempotency_key)
         if existing is not None:
             return _replay(existing, spec), False
-    team_quota = session.get(Team, team_id).max_queued_jobs
-    if team_quota is not None:
-        waiting = session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status.in_(WAITING)))
-        if waiting >= team_quota:
-            raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {team_quota}); wait for some to start")
+    check_waiting_quota(session, team_id)
     job = Job(
         team_id=team_id,
         model=spec.model,
@@ -189,6 +205,19 @@ def create_job(
         return _replay(_by_idempotency_key(session, team_id, idempotency_key), spec), False
     set_job_status(session, job.id, S.QUEUED, message="Files validated; job queued", job=job)
     return job, True
+
+
+def check_waiting_quota(session: Session, team_id: str) -> None:
+    """Refuse one more waiting job over the team's max_queued_jobs. The team row stays
+    locked until the caller commits, so concurrent creates and resumes of one team count
+    one after another: 20 at once against a limit of 2 queue exactly 2 (PostgreSQL row
+    lock; SQLite has a single writer anyway)."""
+    limit = session.scalar(select(Team.max_queued_jobs).where(Team.id == team_id).with_for_update())
+    if limit is None:
+        return
+    waiting = session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status.in_(WAITING)))
+    if waiting >= limit:
+        raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {limit}); wait for some to start")
 
 
 def list_jobs(session: Session, team_id: str, *, after: str | None = None, limit: int = 20) -> Page[Job]:
@@ -236,7 +265,9 @@ def pause_job(session: Session, team_id: str, job_id: str) -> Job:
 
 def resume_job(session: Session, team_id: str, job_id: str) -> Job:
     """paused -> queued; the caller dispatches it again after commit."""
-    job = _locked(session, team_id, job_id)
+    get_job(session, team_id, job_id)
+    check_waiting_quota(session, team_id)  # team row first, then the job: one lock order for all
+    job = lock_job(session, job_id)
     if job.status != S.PAUSED.value:
         raise _refuse(job, "resumed")
     return set_job_status(session, job.id, S.QUEUED, message="Job resumed by the user", job=job)

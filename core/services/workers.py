@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Worker, utcnow
+from core.models import Job, Worker, utcnow
 
 
 def register_worker(
@@ -55,3 +55,12 @@ def retire_silent_workers(session: Session, now: datetime, timeout: timedelta) -
     for w in rows:
         w.active = False
     return [w.id for w in rows]
+
+
+def pool_as_seen_by(session: Session, team_id: str) -> list[tuple[Worker, list[str]]]:
+    """Every worker with the ids of the caller's own jobs it runs; other teams' jobs are
+    only counted (`len(worker.running_job_ids)`), so the pool view leaks no foreign job id."""
+    workers = list(session.scalars(select(Worker).order_by(Worker.last_heartbeat.desc())))
+    running = {j for w in workers for j in (w.running_job_ids or [])}
+    own = set(session.scalars(select(Job.id).where(Job.id.in_(running), Job.team_id == team_id))) if running else set()
+    return [(w, [j for j in (w.running_job_ids or []) if j in own]) for w in workers]

@@ -41,7 +41,19 @@ def test_sdk_create_with_hyperparameters_queues_and_dispatches(api, model_dir, m
 
     again = api.sdk.fine_tuning.jobs.retrieve(job.id)
     assert again.status == "queued" and again.queue_position >= 1
-    assert again.queue_reason  # says why it waits (here: no live worker can run it)
+    assert again.queue_reason is not None  # the exact wording: test_waiting_job_says_exactly_why
+
+
+def test_waiting_job_says_exactly_why(api, model_dir):
+    """A job no worker of the pool can run (64 GPUs of 4 TB each) says so, whatever else
+    the pool holds, with the size it asked for."""
+    job = api.sdk.fine_tuning.jobs.create(
+        model=str(model_dir), training_file=api.file_id(),
+        extra_body={"template": TEMPLATE, "resources": {"gpus": 64, "min_gpu_memory_gb": 4096}},
+    )
+    again = api.sdk.fine_tuning.jobs.retrieve(job.id)
+    assert again.status == "queued" and again.queue_position >= 1
+    assert again.queue_reason == "no live worker in the pool can run 64 GPU(s) with >= 4096 GB"
     statuses = [e.data for e in api.sdk.fine_tuning.jobs.list_events(job.id) if e.type == "status"]
     assert statuses == [{"from": "validating_files", "to": "queued"}]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from pathlib import Path
 
 import redis
 from celery import Celery
@@ -13,6 +13,32 @@ from celery import Celery
 from core.tasks import RUN_JOB, worker_queue
 from tests.stacks import children
 from worker.scheduler import tick
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of pid's sockets, from /proc (readable while it is stopped)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def blocked_in_a_pop(r: redis.Redis, pid: int) -> list[dict]:
+    """pid's connections that Redis shows blocked in a command (BRPOP): CLIENT LIST flags
+    them 'b'. Matched by port, since other workers of the session share the db."""
+    ports = local_ports(pid)
+    return [c for c in r.client_list() if "b" in c.get("flags", "") and int(c["addr"].rsplit(":", 1)[1]) in ports]
 
 
 def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
@@ -26,9 +52,13 @@ def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
     r = redis.Redis.from_url(broker)
     try:
         with pool.worker(TUNEFORGE_WORKER_SLOTS="2") as w:
-            os.kill(w.pid, signal.SIGSTOP)  # its scheduler and consumer stop; its blocking pop (1 s) lapses
+            # Redis shows the worker waiting in a blocking pop (so the check below sees pops).
+            pool.wait(lambda: blocked_in_a_pop(r, w.pid), "the worker to wait on its queues", timeout=60)
+            os.kill(w.pid, signal.SIGSTOP)  # its scheduler and consumer stop
             try:
-                time.sleep(2.5)
+                # A pop the frozen worker had pending would still take a message off Redis:
+                # wait until Redis itself shows none of its connections blocked in one.
+                pool.wait(lambda: not blocked_in_a_pop(r, w.pid), "the frozen worker's blocking pop to lapse", timeout=30)
                 jobs = [pool.job(team, max_steps=1) for _ in range(3)]
                 dispatched = tick(sender, settings)  # the same pass every worker runs
                 assert len(dispatched) == 2  # two slots: two go to the broker, one waits in SQL

@@ -78,10 +78,18 @@ def test_expired_token_is_forbidden():
         verify_download_token(sign_download_token("jobs/a", SIGNING_SECRET, past), SIGNING_SECRET)
 
 
-def test_token_expires_after_its_ttl(store):
-    token = token_of(store.signed_url("jobs/a", 1)[0])
+def test_token_lives_exactly_its_ttl(store):
+    """Expiry is kept to the millisecond: rounded down to the second, a link lived up to 1 s
+    less than its TTL (and a 1 s link could be dead when handed out)."""
+    before = time.time()
+    url, expires_at = store.signed_url("jobs/a", 2)
+    after = time.time()
+    token = token_of(url)
+    granted = decode_download_token(token, SIGNING_SECRET).expires_at.timestamp()
+    assert before + 2 - 0.001 <= granted <= after + 2 + 0.001
+    assert abs(granted - expires_at.timestamp()) < 0.001  # the link and its reported expiry agree
     assert verify_download_token(token, SIGNING_SECRET) == "jobs/a"
-    time.sleep(max(0.0, decode_download_token(token, SIGNING_SECRET).expires_at.timestamp() - time.time()) + 0.05)
+    time.sleep(max(0.0, granted - time.time()) + 0.01)
     with pytest.raises(Forbidden, match="expired"):
         verify_download_token(token, SIGNING_SECRET)
 

@@ -107,7 +107,7 @@ class TestHubDatasets:
         from core.services.jobs import create_job
 
         team = auth.create_team(db_session, "hub-team")
-        ref = "hf://datasets/" + "owner/" + "n" * 200
+        ref = "hf://datasets/" + "owner/" + "n" * 96 + "@" + "b" * 128 + ":validation"
         request = JobCreateRequest(model="owner/model", training_file=ref, template={"prompt": "{a}", "completion": "{b}"})
         with pytest.raises(InvalidRequest) as e:
             create_job(db_session, settings(), team.id, request)

@@ -12,7 +12,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Artifact, Checkpoint, Job, JobEvent, Metric
+from core.models import Artifact, Checkpoint, Job, JobEvent, Metric, Team
 from core.services.jobs import cancel_job, pause_job, resume_job
 from worker import runner
 
@@ -21,9 +21,20 @@ WORKER = "test-host:1"
 
 def run_in_thread(job_id, wsettings, engine, store):
     out = {}
-    t = threading.Thread(target=lambda: out.setdefault("status", runner.run_job(job_id, wsettings, WORKER, engine, store)))
+    t = threading.Thread(target=lambda: out.setdefault("status", runner.run_job(job_id, wsettings, WORKER, engine, store)),
+                         daemon=True, name=f"runner-{job_id}")
     t.start()
     return t, out
+
+
+def join(t: threading.Thread, timeout: float = 60) -> None:
+    """The runner thread must have ended. If it has not, stop its child (so it cannot go on
+    retrying behind the suite's back), then fail."""
+    t.join(timeout)
+    if t.is_alive():
+        runner.stop_all("test timed out")
+        t.join(30)
+        raise AssertionError(f"the runner thread was still running after {timeout}s")
 
 
 def wait_for(predicate, timeout=90, what="condition"):
@@ -80,15 +91,26 @@ def test_runs_a_job_to_success_with_artifacts(engine, wsettings, store, make_job
     assert not (wsettings.work_dir / job_id).joinpath("1").exists()  # scratch space cleaned
 
 
-def test_cancel_kills_the_training_process(engine, wsettings, store, make_job, team_id):
+def test_cancel_kills_the_training_process(engine, wsettings, store, make_job, team_id, monkeypatch):
+    # The worker's secrets: none of them may reach the training process.
+    secrets = {"TUNEFORGE_SECRET_KEY": "s" * 32, "TUNEFORGE_DATABASE_URL": wsettings.database_url,
+               "TUNEFORGE_S3_SECRET_ACCESS_KEY": "minio-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret",
+               "AWS_ACCESS_KEY_ID": "aws-id", "DATABASE_URL": wsettings.database_url}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     job_id = make_job(max_steps=10_000)
     t, out = run_in_thread(job_id, wsettings, engine, store)
     wait_for(lambda: (job_row(engine, job_id).step or 0) >= 1, what="training to start")
     pid = child_pid()
+    env = dict(kv.split("=", 1) for kv in open(f"/proc/{pid}/environ").read().split("\0") if "=" in kv)
+    assert not {n for n in env if n.startswith("TUNEFORGE_") or n.startswith("AWS_") or n in secrets}, sorted(env)
+    assert not any(v in secrets.values() for v in env.values())
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PATH"] and "PYTHONPATH" in env  # what it needs does reach it
     with Session(engine) as s:
         cancel_job(s, team_id, job_id)
         s.commit()
-    t.join(60)
+    join(t)
     assert out["status"] == "cancelled" and not alive(pid)
     assert job_row(engine, job_id).status == "cancelled"
 
@@ -104,7 +126,7 @@ def test_child_killed_by_a_signal_loses_the_attempt_then_fails_when_attempts_run
         t, out = run_in_thread(job_id, wsettings, engine, store)
         wait_for(lambda n=attempt: _metric_of_attempt(engine, job_id, n), what=f"attempt {attempt} training")
         os.kill(child_pid(), signal.SIGKILL)  # what an OOM kill looks like
-        t.join(60)
+        join(t)
         job = job_row(engine, job_id)
         assert out["status"] == expected and job.status == expected and job.attempt == attempt
     assert job.error["code"] == "training_process_crashed"
@@ -127,6 +149,42 @@ def test_bad_model_fails_with_a_clear_message(engine, wsettings, store, make_job
     assert runner.run_job(job_id, wsettings, WORKER, engine, store) == "failed"
     job = job_row(engine, job_id)
     assert job.error["code"] == "invalid_training_input" and "model" in job.error["message"]
+    assert not (wsettings.work_dir / job_id).exists()  # a failed attempt leaves no scratch space either
+
+
+def test_model_is_checked_again_when_the_attempt_starts(engine, wsettings, store, make_job, model_dir):
+    """Allowed at create, no longer allowed by the worker's settings when the job starts (the
+    model root was removed meanwhile): the job fails with the reason, no process starts."""
+    job_id = make_job()
+    narrowed = wsettings.model_copy(update={"model_roots": [model_dir.parent / "elsewhere"]})
+    assert runner.run_job(job_id, narrowed, WORKER, engine, store) == "failed"
+    job = job_row(engine, job_id)
+    assert job.error["code"] == "model_not_allowed" and job.error["param"] == "model"
+    assert "model root" in job.error["message"] and job.step is None
+    assert not (wsettings.work_dir / job_id).exists()
+
+
+def test_checkpoints_beyond_the_team_policy_leave_the_store(engine, wsettings, store, make_job, team_id):
+    with Session(engine) as s:
+        team = s.get(Team, team_id)
+        team.keep_checkpoints, team.keep_best_checkpoint = 1, False
+        s.commit()
+    try:
+        job_id = make_job(max_steps=4, every=2)
+        assert runner.run_job(job_id, wsettings, WORKER, engine, store) == "succeeded"
+    finally:
+        with Session(engine) as s:
+            team = s.get(Team, team_id)
+            team.keep_checkpoints, team.keep_best_checkpoint = 2, True
+            s.commit()
+    with Session(engine) as s:
+        written = [e.data["step"] for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "checkpoint"))]
+        kept = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+        arts = s.scalars(select(Artifact.name).where(Artifact.job_id == job_id)).all()
+    assert sorted(written) == [2, 4] and [c.step for c in kept] == [4]
+    assert store.exists(f"{kept[0].storage_key}/tuneforge.json")
+    assert list(store.keys(f"jobs/{job_id}/checkpoints/step-2")) == []
+    assert "adapter/adapter_model.safetensors" in arts  # artifacts are never pruned
 
 
 def test_pause_checkpoints_and_next_attempt_resumes(engine, wsettings, store, make_job, team_id):
@@ -136,7 +194,7 @@ def test_pause_checkpoints_and_next_attempt_resumes(engine, wsettings, store, ma
     with Session(engine) as s:
         pause_job(s, team_id, job_id)
         s.commit()
-    t.join(60)
+    join(t)
     assert out["status"] == "paused"
     job = job_row(engine, job_id)
     assert job.status == "paused" and job.step < 12
