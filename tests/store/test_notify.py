@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy.orm import Session
@@ -69,7 +70,10 @@ def test_one_connection_fans_out_to_many_async_waiters(listener, pg_engine):
             for w in waiters:
                 w.__exit__(None, None, None)
 
-    assert all(asyncio.run(main()))
+    # In a thread of its own: a session-scoped Playwright (tests/browser) may keep an event
+    # loop running in the main thread, where asyncio.run() refuses to start another.
+    with ThreadPoolExecutor(1) as pool:
+        assert all(pool.submit(asyncio.run, main()).result(timeout=60))
     assert listener.subscriber_count == 0
 
 
