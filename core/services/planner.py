@@ -1,0 +1,415 @@
+"""Which queued job runs next, and on which worker — one planner per tick, reading only what
+the decision needs.
+
+Order (DESIGN.md §3, issue 4): team fair share first, then priority, then age. Fair share
+compares each team's *slot-time relative to its share* over a recent window (stride
+scheduling): the next slot goes to the team that would have used the least per share after
+taking it. Slots held right now are not enough: with fewer slots than teams, a team whose job
+just ended holds zero and wins its slot back every time, and small shares starve. A job is
+assigned to the first worker (by id) that fits it (free slots, GPUs on one host, GPU memory).
+
+Why it is built this way (issue 9, a pool of 1,000 workers and 100,000 queued jobs):
+
+- One planner at a time: a tick takes a PostgreSQL advisory try-lock for its transaction;
+  every other worker skips that tick instead of queueing behind row locks. If the planner
+  dies mid-tick its transaction rolls back (assignments, counts and the lock with it) and
+  the next holder plans again. SQLite (embedded, one machine) serialises writers itself.
+- No full scans: free slots come from `Worker.used_slots`, finished slot-time from the
+  `team_usage` hours (both maintained by core.services.slot_accounting), and the waiting
+  jobs read are each team's first few in dispatch order (`LATERAL ... LIMIT k` on the
+  partial index `ix_jobs_waiting_head`); a team whose first few do not fit is paged further.
+  What is still read per tick grows with the jobs *running* (a slot-time aggregate over
+  `ix_jobs_held`), never with the queue or the day's history.
+- The waiting jobs' position, reason and expected start are written by the planner onto
+  the job rows it read, so a GET of a job reads three columns instead of re-planning.
+
+The decisions are those of the former whole-table planner, kept in tests/scheduling/
+reference.py and compared on random pools by tests/scheduling/test_planner_equivalence.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, text, true
+from sqlalchemy.orm import Session, load_only
+
+from core.models import Job, Team, TeamUsage, Worker, as_utc, utcnow
+from core.notify import is_postgres
+from core.services.slot_accounting import hour_of, slots_needed
+from core.states import ACTIVE, JobStatus
+
+USAGE_WINDOW = timedelta(hours=24)
+DEFAULT_JOB_SECONDS = 60.0  # what a slot is expected to cost before any job finished in the window
+HEAD = 16  # waiting jobs read (and ranked for GET) per team each tick
+MAX_PAGE = 4096
+
+#: pg_advisory_xact_lock key of the planner and the reconciler ("tuneforg" as a bigint).
+PLANNER_LOCK = int.from_bytes(b"tuneforg", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+# The columns the planner and the slot hooks touch; the JSON spec is never loaded.
+_PLAN_COLUMNS = (
+    Job.id, Job.team_id, Job.status, Job.priority, Job.created_at, Job.gpus, Job.min_gpu_memory_gb,
+    Job.worker_id, Job.dispatched_at, Job.started_at, Job.finished_at, Job.held_worker_id, Job.held_slots,
+    Job.queue_position, Job.queue_reason, Job.estimated_start,
+)
+
+
+def try_planner_lock(session: Session) -> bool:
+    """The planner's (and reconciler's) turn for this transaction, or False when another
+    process holds it. Re-entrant within one transaction; released at commit or rollback."""
+    if not is_postgres(session):
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PLANNER_LOCK}))
+
+
+# --- fit ------------------------------------------------------------------------------------
+
+
+def job_fits(worker_gpus: int, worker_gpu_memory_gb: float | None, job: Job) -> bool:
+    """Whether a worker of this shape could ever run the job (ignoring what is busy).
+
+    A CPU worker (0 GPUs) takes jobs that ask for at most one device and no GPU memory,
+    so the embedded CPU mode runs default specs.
+    """
+    if worker_gpus == 0:
+        return (job.gpus or 0) <= 1 and job.min_gpu_memory_gb is None
+    if (job.gpus or 0) > worker_gpus:
+        return False
+    if job.min_gpu_memory_gb is not None:
+        return worker_gpu_memory_gb is not None and worker_gpu_memory_gb >= job.min_gpu_memory_gb
+    return True
+
+
+@dataclass
+class WorkerCapacity:
+    id: str
+    slots: int
+    gpus: int
+    gpu_memory_gb: float | None
+    used: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.used
+
+    def fits(self, job: Job) -> bool:
+        return job_fits(self.gpus, self.gpu_memory_gb, job) and self.free >= slots_needed(job.gpus)
+
+
+def live_workers(session: Session, now: datetime, heartbeat_timeout: timedelta) -> list[WorkerCapacity]:
+    """Live workers by id with their maintained slot counts (one row per worker, no job rows)."""
+    rows = session.execute(
+        select(Worker.id, Worker.slots, Worker.gpus, Worker.gpu_memory_gb, Worker.used_slots)
+        .where(Worker.active.is_(True), Worker.last_heartbeat >= now - heartbeat_timeout)
+        .order_by(Worker.id)
+    )
+    return [WorkerCapacity(*row) for row in rows]
+
+
+def _shape(job: Job) -> tuple[int, float | None]:
+    return job.gpus or 0, job.min_gpu_memory_gb
+
+
+# --- fair share -----------------------------------------------------------------------------
+
+
+@dataclass
+class TeamLoad:
+    share: float
+    max_running: int | None
+    running_slots: int = 0
+    running_jobs: int = 0
+    usage: float = 0.0  # slot-seconds charged over the usage window
+    unit: float = DEFAULT_JOB_SECONDS  # what one more slot is expected to cost
+
+    def key(self, adding: int = 1) -> tuple[float]:
+        """Slot-seconds per share the team would have used after taking `adding` more slots."""
+        return ((self.usage + adding * self.unit) / self.share,)
+
+    def charge(self, slots: int) -> None:
+        self.running_slots += slots
+        self.running_jobs += 1
+        self.usage += slots * self.unit
+
+    @property
+    def at_limit(self) -> bool:
+        return self.max_running is not None and self.running_jobs >= self.max_running
+
+
+@dataclass
+class PlanCache:
+    """What a planner process keeps between its ticks: the typical job length (the median of
+    the window's finished jobs) changes slowly and costs a scan of the window, so it is
+    refreshed at most every `ttl`. Without a cache (tests, one-off calls) it is read fresh."""
+
+    ttl: timedelta = timedelta(seconds=60)
+    unit: float | None = None
+    at: datetime | None = None
+
+    def typical_job_seconds(self, session: Session, now: datetime) -> float:
+        if self.unit is None or self.at is None or now - self.at > self.ttl:
+            self.unit, self.at = typical_job_seconds(session, now), now
+        return self.unit
+
+
+def typical_job_seconds(session: Session, now: datetime) -> float:
+    lengths = sorted(
+        (as_utc(f) - as_utc(s)).total_seconds()
+        for s, f in session.execute(
+            select(Job.started_at, Job.finished_at).where(Job.finished_at >= now - USAGE_WINDOW, Job.started_at.is_not(None))
+        )
+    )
+    return max(lengths[len(lengths) // 2], 1.0) if lengths else DEFAULT_JOB_SECONDS
+
+
+def team_loads(session: Session, now: datetime, unit: float) -> dict[str, TeamLoad]:
+    """Each team's slot-time over the window: finished jobs from the hourly rollup, running
+    (or dispatched) ones at least at the typical job length, charged up front.
+
+    Charging a slot when it is handed out, not as it is used, is what makes shares hold:
+    compared on time already used, a job that has just started costs nothing, and a team
+    could take every free slot in one pass."""
+    since = now - USAGE_WINDOW
+    loads = {
+        tid: TeamLoad(share=max(share or 1.0, 1e-6), max_running=max_running, unit=unit)
+        for tid, share, max_running in session.execute(select(Team.id, Team.share, Team.max_running_jobs))
+    }
+    finished = session.execute(
+        select(TeamUsage.team_id, func.sum(TeamUsage.slot_seconds)).where(TeamUsage.bucket >= hour_of(since)).group_by(TeamUsage.team_id)
+    )
+    for team_id, seconds in finished:
+        loads[team_id].usage += seconds or 0.0
+    held = session.execute(select(Job.team_id, Job.started_at, Job.held_slots).where(Job.held_worker_id.is_not(None)))
+    for team_id, started_at, slots in held:
+        load = loads[team_id]
+        start = max(as_utc(started_at), since) if started_at is not None else now
+        load.running_slots += slots
+        load.running_jobs += 1
+        load.usage += max((now - start).total_seconds(), unit) * slots
+    return loads
+
+
+# --- the waiting jobs: each team's head of line ---------------------------------------------
+
+
+def _waiting(*extra):
+    return and_(Job.status == JobStatus.QUEUED.value, Job.worker_id.is_(None), *extra)
+
+
+_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
+
+
+def _load(session: Session, condition, limit: int | None = None) -> list[Job]:
+    stmt = select(Job).options(load_only(*_PLAN_COLUMNS)).where(condition).order_by(Job.team_id, *_ORDER)
+    return list(session.scalars(stmt.limit(limit) if limit else stmt))
+
+
+def head_of_line_ids(session: Session, k: int):
+    """Subquery of each team's first `k` waiting job ids: one index range per team."""
+    if is_postgres(session):
+        head = select(Job.id).where(Job.team_id == Team.id, _waiting()).order_by(*_ORDER).limit(k).lateral("head")
+        return select(head.c.id).select_from(Team).join(head, true())
+    ranked = select(Job.id, func.row_number().over(partition_by=Job.team_id, order_by=_ORDER).label("rn")).where(_waiting()).subquery()
+    return select(ranked.c.id).where(ranked.c.rn <= k)
+
+
+@dataclass
+class TeamQueue:
+    """A team's waiting jobs in dispatch order, read a page at a time."""
+
+    team_id: str
+    jobs: list[Job]
+    more: bool  # rows exist after the last one read
+    page: int = HEAD
+    last: Job | None = None
+
+    def __post_init__(self) -> None:
+        self.last = self.jobs[-1] if self.jobs else None
+
+    def fetch_more(self, session: Session) -> bool:
+        if not self.more or self.last is None:
+            return False
+        self.page = min(self.page * 4, MAX_PAGE)
+        p, c, i = self.last.priority, self.last.created_at, self.last.id
+        after = or_(Job.priority < p, and_(Job.priority == p, or_(Job.created_at > c, and_(Job.created_at == c, Job.id > i))))
+        rows = _load(session, _waiting(Job.team_id == self.team_id, after), self.page)
+        self.jobs.extend(rows)
+        self.more = len(rows) == self.page
+        self.last = rows[-1] if rows else self.last
+        return bool(rows)
+
+    def head(self, session: Session) -> Job | None:
+        if not self.jobs:
+            self.fetch_more(session)
+        return self.jobs[0] if self.jobs else None
+
+
+def read_queues(session: Session, k: int = HEAD) -> dict[str, TeamQueue]:
+    by_team: dict[str, list[Job]] = defaultdict(list)
+    for job in _load(session, Job.id.in_(head_of_line_ids(session, k))):
+        by_team[job.team_id].append(job)
+    return {t: TeamQueue(t, jobs, more=len(jobs) == k, page=k) for t, jobs in by_team.items()}
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class Assignment:
+    job_id: str
+    worker_id: str
+
+
+@dataclass
+class Tick:
+    """What a tick saw, for its caller's log and the benchmark."""
+
+    assignments: list[Assignment] = field(default_factory=list)
+    planned: bool = False  # False: another process held the planner lock
+    capped: bool = False  # stopped at max_assignments with work left
+
+
+def plan(
+    session: Session,
+    now: datetime | None = None,
+    heartbeat_timeout: timedelta = timedelta(seconds=60),
+    *,
+    cache: PlanCache | None = None,
+    max_assignments: int | None = None,
+) -> list[Assignment]:
+    """Assign waiting jobs to free worker slots in fair-share order and rank the rest; writes
+    the assignments and queue positions to the rows (caller commits, then sends each job to
+    its worker's queue). Returns [] without planning when another process plans."""
+    return plan_tick(session, now, heartbeat_timeout, cache=cache, max_assignments=max_assignments).assignments
+
+
+def plan_tick(
+    session: Session,
+    now: datetime | None = None,
+    heartbeat_timeout: timedelta = timedelta(seconds=60),
+    *,
+    cache: PlanCache | None = None,
+    max_assignments: int | None = None,
+) -> Tick:
+    now = now or utcnow()
+    tick = Tick()
+    if not try_planner_lock(session):
+        return tick
+    tick.planned = True
+    unit = (cache or PlanCache(ttl=timedelta(0))).typical_job_seconds(session, now)
+    workers = live_workers(session, now, heartbeat_timeout)
+    loads = team_loads(session, now, unit)
+    queues = read_queues(session)
+    free = [w for w in workers if w.free > 0]
+    if free:
+        tick.capped = _assign(session, queues, loads, free, now, max_assignments, tick.assignments)
+    _rank(session, queues, loads, workers, {a.job_id for a in tick.assignments})
+    return tick
+
+
+def _assign(session, queues, loads, free, now, max_assignments, out) -> bool:
+    """The fair-share loop of the former planner, over lazily paged team queues. A job shape
+    that fitted no free worker is not tried again this tick: slots only fill up."""
+    misfits: set[tuple[int, float | None]] = set()
+    while any(w.free > 0 for w in free):
+        heads = {t: q.head(session) for t, q in queues.items()}
+        eligible = [t for t, h in heads.items() if h is not None and not loads[t].at_limit]
+        if not eligible:
+            return False
+        if max_assignments is not None and len(out) >= max_assignments:
+            return True
+        eligible.sort(key=lambda t: (*loads[t].key(slots_needed(heads[t].gpus)), -heads[t].priority, heads[t].created_at))
+        placed = False
+        for team_id in eligible:
+            queue, i = queues[team_id], 0
+            while i < len(queue.jobs) or queue.fetch_more(session):
+                job = queue.jobs[i]
+                worker = None if _shape(job) in misfits else next((w for w in free if w.fits(job)), None)
+                if worker is None:
+                    misfits.add(_shape(job))
+                    i += 1
+                    continue
+                job.worker_id, job.dispatched_at = worker.id, now
+                job.queue_position = job.queue_reason = job.estimated_start = None
+                worker.used += slots_needed(job.gpus)
+                loads[team_id].charge(slots_needed(job.gpus))
+                out.append(Assignment(job.id, worker.id))
+                del queue.jobs[i]
+                placed = True
+                break
+            if placed:
+                break
+        if not placed:
+            return False
+    return False
+
+
+def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamLoad],
+          workers: list[WorkerCapacity], assigned: set[str]) -> None:
+    """Write position, reason and expected start onto each team's first HEAD waiting jobs.
+
+    Position is the order the planner would hand out slots if every job fitted: the same
+    fair-share merge as `_assign`, continued on copies of the team loads. It is exact up to
+    the first point where a team whose hidden (unread) jobs could come next runs out of read
+    ones; jobs after that say "behind at least N". Only changed rows are written."""
+    sim = {t: replace(load) for t, load in loads.items()}
+    window = {t: [j for j in q.jobs if j.id not in assigned][:HEAD] for t, q in queues.items()}
+    hidden = {t: q.more or len(q.jobs) > HEAD for t, q in queues.items()}
+    position: dict[str, int] = {}
+    ptr = dict.fromkeys(window, 0)
+    while True:
+        if any(hidden[t] and ptr[t] >= len(window[t]) for t in window):
+            break
+        open_ = [t for t in window if ptr[t] < len(window[t])]
+        if not open_:
+            break
+        t = min(open_, key=lambda t: (*sim[t].key(slots_needed(window[t][ptr[t]].gpus)),
+                                       -window[t][ptr[t]].priority, window[t][ptr[t]].created_at))
+        job = window[t][ptr[t]]
+        ptr[t] += 1
+        position[job.id] = len(position) + 1
+        sim[t].charge(slots_needed(job.gpus))
+
+    shapes = {(w.gpus, w.gpu_memory_gb) for w in workers}
+    can_run: dict[tuple, bool] = {}
+    has_room: dict[tuple, bool] = {}
+    earliest: dict[tuple, datetime | None] = {}
+    finishes: dict[str, datetime] | None = None
+    for team_id, jobs in window.items():
+        for job in jobs:
+            shape, pos, eta = _shape(job), position.get(job.id), None
+            if shape not in can_run:
+                can_run[shape] = any(job_fits(g, m, job) for g, m in shapes)
+                has_room[shape] = any(w.fits(job) for w in workers)
+            if not can_run[shape]:
+                need = f"{job.gpus} GPU(s)" + (f" with >= {job.min_gpu_memory_gb:g} GB" if job.min_gpu_memory_gb else "")
+                reason = f"no live worker in the pool can run {need}"
+            elif loads[team_id].at_limit:
+                reason = f"team is at its running limit ({loads[team_id].max_running} jobs)"
+            elif not has_room[shape]:
+                reason = "all fitting worker slots are busy"
+                if shape not in earliest:
+                    finishes = finishes if finishes is not None else _earliest_finish_by_worker(session)
+                    earliest[shape] = min((finishes[w.id] for w in workers if w.id in finishes and job_fits(w.gpus, w.gpu_memory_gb, job)), default=None)
+                eta = earliest[shape]
+            elif pos == 1:
+                reason = "waiting for the scheduler"
+            elif pos is not None:
+                reason = f"behind {pos - 1} job(s) in fair-share order"
+            else:
+                reason = f"behind at least {len(position)} job(s) in fair-share order"
+            current = (job.queue_position, job.queue_reason, as_utc(job.estimated_start) if job.estimated_start else None)
+            if current != (pos, reason, eta):
+                job.queue_position, job.queue_reason, job.estimated_start = pos, reason, eta
+
+
+def _earliest_finish_by_worker(session: Session) -> dict[str, datetime]:
+    rows = session.execute(
+        select(Job.held_worker_id, func.min(Job.estimated_finish))
+        .where(Job.held_worker_id.is_not(None), Job.status.in_([s.value for s in ACTIVE]), Job.estimated_finish.is_not(None))
+        .group_by(Job.held_worker_id)
+    )
+    return {w: as_utc(f) for w, f in rows}
