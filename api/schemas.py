@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
 from core.services.jobs import event_id
-from core.services.scheduling import QueueInfo
+from core.services.scheduling import QueueInfo, queue_info
 from core.spec import Hyperparameters, JobSpec
 
 T = TypeVar("T")
@@ -122,6 +122,7 @@ def _openai_hyperparameters(spec: JobSpec) -> dict[str, Any]:
 
 
 def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
+    queue = queue or queue_info(job)  # the planner's stored columns: O(1) per job
     spec = JobSpec.model_validate(job.spec)
     hp = _openai_hyperparameters(spec)
     err = job.error

@@ -5,8 +5,6 @@ Routes are thin: a service call, the commit, and only then the broker message.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Depends, Header, Query
 from sqlalchemy.orm import Session
 
@@ -14,7 +12,7 @@ from api.deps import Services, current_team, get_session, services
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team
-from core.services import jobs, scheduling
+from core.services import jobs
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 
@@ -67,15 +65,8 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-def retrieve(
-    job_id: str,
-    team: Team = Depends(current_team),
-    session: Session = Depends(get_session),
-    svc: Services = Depends(services),
-):
-    job = jobs.get_job(session, team.id, job_id)
-    timeout = timedelta(seconds=svc.settings.worker_timeout_seconds)
-    return job_object(job, scheduling.explain(session, job, heartbeat_timeout=timeout))
+def retrieve(job_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
+    return job_object(jobs.get_job(session, team.id, job_id))  # queue fields: stored by the planner
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
