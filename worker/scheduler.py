@@ -65,13 +65,17 @@ def start(app, settings, stop: threading.Event, listener: Listener | None = None
     listener = listener or Listener(settings.database_url, channels=(PLAN,)).start()
     interval = settings.schedule_interval_seconds
 
+    def wait(event: threading.Event) -> None:
+        """Until `event`, `stop` or the interval, whichever comes first."""
+        deadline = time.monotonic() + interval
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if event.wait(min(left, 0.5)):
+                return
+
     def loop() -> None:
         cache, leader, last_reconcile = PlanCache(), False, float("-inf")
         with listener.waiter(PLAN) as woke:
-            while True:
-                (woke if leader else stop).wait(interval)
-                if stop.is_set():
-                    return
+            while not stop.is_set():
                 woke.clear()  # a notification from here on wakes the next pass
                 try:
                     due = time.monotonic() - last_reconcile >= interval
@@ -83,6 +87,7 @@ def start(app, settings, stop: threading.Event, listener: Listener | None = None
                         woke.set()
                 except Exception:  # a database or broker blip must not end scheduling
                     log.exception("scheduling pass failed")
+                wait(woke if leader else stop)
 
     thread = threading.Thread(target=loop, daemon=True, name="scheduler")
     thread.start()
