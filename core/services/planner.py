@@ -29,12 +29,14 @@ reference.py and compared on random pools by tests/scheduling/test_planner_equiv
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, text, true
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import and_, func, or_, select, text, true, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from core.models import Job, Team, TeamUsage, Worker, as_utc, utcnow
 from core.notify import is_postgres
@@ -43,18 +45,30 @@ from core.states import ACTIVE, JobStatus
 
 USAGE_WINDOW = timedelta(hours=24)
 DEFAULT_JOB_SECONDS = 60.0  # what a slot is expected to cost before any job finished in the window
-HEAD = 16  # waiting jobs read (and ranked for GET) per team each tick
+HEAD = 8  # waiting jobs read (and ranked for GET) per team each tick
 MAX_PAGE = 4096
 
 #: pg_advisory_xact_lock key of the planner and the reconciler ("tuneforg" as a bigint).
 PLANNER_LOCK = int.from_bytes(b"tuneforg", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
-# The columns the planner and the slot hooks touch; the JSON spec is never loaded.
-_PLAN_COLUMNS = (
-    Job.id, Job.team_id, Job.status, Job.priority, Job.created_at, Job.gpus, Job.min_gpu_memory_gb,
-    Job.worker_id, Job.dispatched_at, Job.started_at, Job.finished_at, Job.held_worker_id, Job.held_slots,
-    Job.queue_position, Job.queue_reason, Job.estimated_start,
-)
+
+@dataclass(slots=True)
+class Waiting:
+    """A waiting job as the planner reads it: plain columns, no ORM object, no JSON spec."""
+
+    id: str
+    team_id: str
+    priority: int
+    created_at: datetime
+    gpus: int
+    min_gpu_memory_gb: float | None
+    queue_position: int | None
+    queue_reason: str | None
+    estimated_start: datetime | None
+
+
+_WAITING_COLUMNS = (Job.id, Job.team_id, Job.priority, Job.created_at, Job.gpus, Job.min_gpu_memory_gb,
+                    Job.queue_position, Job.queue_reason, Job.estimated_start)
 
 
 def try_planner_lock(session: Session) -> bool:
@@ -109,7 +123,7 @@ def live_workers(session: Session, now: datetime, heartbeat_timeout: timedelta) 
     return [WorkerCapacity(*row) for row in rows]
 
 
-def _shape(job: Job) -> tuple[int, float | None]:
+def _shape(job: Job | Waiting) -> tuple[int, float | None]:
     return job.gpus or 0, job.min_gpu_memory_gb
 
 
@@ -202,9 +216,9 @@ def _waiting(*extra):
 _ORDER = (Job.priority.desc(), Job.created_at, Job.id)
 
 
-def _load(session: Session, condition, limit: int | None = None) -> list[Job]:
-    stmt = select(Job).options(load_only(*_PLAN_COLUMNS)).where(condition).order_by(Job.team_id, *_ORDER)
-    return list(session.scalars(stmt.limit(limit) if limit else stmt))
+def _load(session: Session, condition, limit: int | None = None) -> list[Waiting]:
+    stmt = select(*_WAITING_COLUMNS).where(condition).order_by(Job.team_id, *_ORDER)
+    return [Waiting(*row) for row in session.execute(stmt.limit(limit) if limit else stmt)]
 
 
 def head_of_line_ids(session: Session, k: int):
@@ -221,10 +235,10 @@ class TeamQueue:
     """A team's waiting jobs in dispatch order, read a page at a time."""
 
     team_id: str
-    jobs: list[Job]
+    jobs: list[Waiting]
     more: bool  # rows exist after the last one read
     page: int = HEAD
-    last: Job | None = None
+    last: Waiting | None = None
 
     def __post_init__(self) -> None:
         self.last = self.jobs[-1] if self.jobs else None
@@ -241,7 +255,7 @@ class TeamQueue:
         self.last = rows[-1] if rows else self.last
         return bool(rows)
 
-    def head(self, session: Session) -> Job | None:
+    def head(self, session: Session) -> Waiting | None:
         if not self.jobs:
             self.fetch_more(session)
         return self.jobs[0] if self.jobs else None
@@ -305,12 +319,14 @@ def plan_tick(
     queues = read_queues(session)
     free = [w for w in workers if w.free > 0]
     if free:
-        tick.capped = _assign(session, queues, loads, free, now, max_assignments, tick.assignments)
-    _rank(session, queues, loads, workers, {a.job_id for a in tick.assignments})
+        picked: list[tuple[Waiting, WorkerCapacity]] = []
+        tick.capped = _assign(session, queues, loads, free, max_assignments, picked)
+        tick.assignments = _dispatch(session, picked, now)
+    _rank(session, queues, loads, workers)
     return tick
 
 
-def _assign(session, queues, loads, free, now, max_assignments, out) -> bool:
+def _assign(session, queues, loads, free, max_assignments, out) -> bool:
     """The fair-share loop of the former planner, over lazily paged team queues. A job shape
     that fitted no free worker is not tried again this tick: slots only fill up."""
     misfits: set[tuple[int, float | None]] = set()
@@ -332,11 +348,9 @@ def _assign(session, queues, loads, free, now, max_assignments, out) -> bool:
                     misfits.add(_shape(job))
                     i += 1
                     continue
-                job.worker_id, job.dispatched_at = worker.id, now
-                job.queue_position = job.queue_reason = job.estimated_start = None
                 worker.used += slots_needed(job.gpus)
                 loads[team_id].charge(slots_needed(job.gpus))
-                out.append(Assignment(job.id, worker.id))
+                out.append((job, worker))
                 del queue.jobs[i]
                 placed = True
                 break
@@ -347,37 +361,63 @@ def _assign(session, queues, loads, free, now, max_assignments, out) -> bool:
     return False
 
 
-def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamLoad],
-          workers: list[WorkerCapacity], assigned: set[str]) -> None:
+def _dispatch(session: Session, picked: list[tuple[Waiting, WorkerCapacity]], now: datetime) -> list[Assignment]:
+    """Write the assignments and their slot counts. Each UPDATE re-checks that the job still
+    waits (a user may have cancelled it since it was read); one that does not is dropped."""
+    out: list[Assignment] = []
+    used: dict[str, int] = defaultdict(int)
+    for job, worker in picked:
+        n = slots_needed(job.gpus)
+        done = session.execute(
+            update(Job).where(Job.id == job.id, _waiting())
+            .values(worker_id=worker.id, dispatched_at=now, held_worker_id=worker.id, held_slots=n,
+                    queue_position=None, queue_reason=None, estimated_start=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        _expire(session, Job, job.id)
+        if done == 1:
+            used[worker.id] += n
+            out.append(Assignment(job.id, worker.id))
+    for worker_id, n in sorted(used.items()):  # one order for every planner: no lock cycles
+        session.execute(update(Worker).where(Worker.id == worker_id).values(used_slots=Worker.used_slots + n)
+                        .execution_options(synchronize_session=False))
+        _expire(session, Worker, worker_id)
+    return out
+
+
+def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamLoad], workers: list[WorkerCapacity]) -> None:
     """Write position, reason and expected start onto each team's first HEAD waiting jobs.
 
     Position is the order the planner would hand out slots if every job fitted: the same
     fair-share merge as `_assign`, continued on copies of the team loads. It is exact up to
     the first point where a team whose hidden (unread) jobs could come next runs out of read
-    ones; jobs after that say "behind at least N". Only changed rows are written."""
+    ones; the jobs after that get no position. Only changed rows are written."""
     sim = {t: replace(load) for t, load in loads.items()}
-    window = {t: [j for j in q.jobs if j.id not in assigned][:HEAD] for t, q in queues.items()}
-    hidden = {t: q.more or len(q.jobs) > HEAD for t, q in queues.items()}
+    window = {t: q.jobs[:HEAD] for t, q in queues.items() if q.jobs}
     position: dict[str, int] = {}
-    ptr = dict.fromkeys(window, 0)
-    while True:
-        if any(hidden[t] and ptr[t] >= len(window[t]) for t in window):
-            break
-        open_ = [t for t in window if ptr[t] < len(window[t])]
-        if not open_:
-            break
-        t = min(open_, key=lambda t: (*sim[t].key(slots_needed(window[t][ptr[t]].gpus)),
-                                       -window[t][ptr[t]].priority, window[t][ptr[t]].created_at))
-        job = window[t][ptr[t]]
-        ptr[t] += 1
+
+    def entry(t: str, i: int) -> tuple:
+        job = window[t][i]
+        return (*sim[t].key(slots_needed(job.gpus)), -job.priority, job.created_at, t, i)
+
+    heap = [entry(t, 0) for t in window]
+    heapq.heapify(heap)
+    while heap:
+        *_, t, i = heapq.heappop(heap)
+        job = window[t][i]
         position[job.id] = len(position) + 1
         sim[t].charge(slots_needed(job.gpus))
+        if i + 1 < len(window[t]):
+            heapq.heappush(heap, entry(t, i + 1))
+        elif queues[t].more or len(queues[t].jobs) > HEAD:
+            break  # this team's next job is unread: later positions could be its
 
     shapes = {(w.gpus, w.gpu_memory_gb) for w in workers}
     can_run: dict[tuple, bool] = {}
     has_room: dict[tuple, bool] = {}
     earliest: dict[tuple, datetime | None] = {}
     finishes: dict[str, datetime] | None = None
+    changes: list[dict] = []
     for team_id, jobs in window.items():
         for job in jobs:
             shape, pos, eta = _shape(job), position.get(job.id), None
@@ -403,7 +443,26 @@ def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamL
                 reason = f"behind at least {len(position)} job(s) in fair-share order"
             current = (job.queue_position, job.queue_reason, as_utc(job.estimated_start) if job.estimated_start else None)
             if current != (pos, reason, eta):
-                job.queue_position, job.queue_reason, job.estimated_start = pos, reason, eta
+                changes.append({"id": job.id, "queue_position": pos, "queue_reason": reason, "estimated_start": eta})
+    _write_queue_columns(session, changes)
+
+
+def _write_queue_columns(session: Session, changes: list[dict]) -> None:
+    """One executemany by primary key; ORM objects of those jobs in this session are expired
+    so they read the new values."""
+    if not changes:
+        return
+    session.execute(update(Job), changes)
+    for change in changes:
+        _expire(session, Job, change["id"])
+
+
+def _expire(session: Session, model, pk: str) -> None:
+    """Statements above bypass the ORM (one round trip, no per-object hooks); an object of
+    that row already in this session reloads on its next read."""
+    obj = session.identity_map.get(identity_key(model, pk))
+    if obj is not None:
+        session.expire(obj)
 
 
 def _earliest_finish_by_worker(session: Session) -> dict[str, datetime]:

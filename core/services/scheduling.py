@@ -79,6 +79,7 @@ def reconcile(
         out.retired_workers = retire_silent_workers(session, now, worker_timeout)
     stale_dispatch = session.scalars(
         select(Job).where(
+            Job.held_worker_id.is_not(None),  # = holds a slot: the small partial index, not the queue
             Job.status == JobStatus.QUEUED.value,
             Job.worker_id.is_not(None),
             Job.dispatched_at < now - dispatch_timeout,
@@ -90,6 +91,7 @@ def reconcile(
         out.redispatched.append(job.id)
     expired = session.scalars(
         select(Job).where(
+            Job.held_worker_id.is_not(None),
             Job.status.in_([s.value for s in ACTIVE]),
             Job.lease_expires_at < now,
         ).with_for_update(skip_locked=True)
