@@ -196,14 +196,38 @@ def team_loads(session: Session, now: datetime, unit: float) -> dict[str, TeamLo
     )
     for team_id, seconds in finished:
         loads[team_id].usage += seconds or 0.0
-    held = session.execute(select(Job.team_id, Job.started_at, Job.held_slots).where(Job.held_worker_id.is_not(None)))
-    for team_id, started_at, slots in held:
+    for team_id, jobs, slots, charge in _running_charge(session, now, since, unit):
         load = loads[team_id]
-        start = max(as_utc(started_at), since) if started_at is not None else now
+        load.running_jobs += jobs
         load.running_slots += slots
-        load.running_jobs += 1
-        load.usage += max((now - start).total_seconds(), unit) * slots
+        load.usage += charge
     return loads
+
+
+def running_charge_query(now: datetime, since: datetime, unit: float):
+    start = func.greatest(func.coalesce(Job.started_at, now), since)
+    charge = Job.held_slots * func.greatest(func.extract("epoch", now - start), unit)
+    return (select(Job.team_id, func.count(), func.sum(Job.held_slots), func.sum(charge))
+            .where(Job.held_worker_id.is_not(None)).group_by(Job.team_id))
+
+
+def _running_charge(session: Session, now: datetime, since: datetime, unit: float):
+    """(team, jobs, slots, slot-seconds) of the jobs holding slots: each charged for its run so
+    far (from its first start, or the window's start), but at least the typical job length.
+
+    Summed inside PostgreSQL (thousands of running jobs at pool scale, one row per team
+    back); SQLite, the embedded single-machine mode, sums the same formula here."""
+    held = Job.held_worker_id.is_not(None)
+    if is_postgres(session):
+        return session.execute(running_charge_query(now, since, unit)).all()
+    out: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])
+    for team_id, started_at, slots in session.execute(select(Job.team_id, Job.started_at, Job.held_slots).where(held)):
+        start = max(as_utc(started_at), since) if started_at is not None else now
+        row = out[team_id]
+        row[0] += 1
+        row[1] += slots
+        row[2] += max((now - start).total_seconds(), unit) * slots
+    return [(t, *row) for t, row in out.items()]
 
 
 # --- the waiting jobs: each team's head of line ---------------------------------------------
@@ -221,13 +245,14 @@ def _load(session: Session, condition, limit: int | None = None) -> list[Waiting
     return [Waiting(*row) for row in session.execute(stmt.limit(limit) if limit else stmt)]
 
 
-def head_of_line_ids(session: Session, k: int):
-    """Subquery of each team's first `k` waiting job ids: one index range per team."""
+def head_of_line(session: Session, k: int):
+    """Each team's first `k` waiting jobs (the Waiting columns), one index range per team."""
     if is_postgres(session):
-        head = select(Job.id).where(Job.team_id == Team.id, _waiting()).order_by(*_ORDER).limit(k).lateral("head")
-        return select(head.c.id).select_from(Team).join(head, true())
-    ranked = select(Job.id, func.row_number().over(partition_by=Job.team_id, order_by=_ORDER).label("rn")).where(_waiting()).subquery()
-    return select(ranked.c.id).where(ranked.c.rn <= k)
+        head = select(*_WAITING_COLUMNS).where(Job.team_id == Team.id, _waiting()).order_by(*_ORDER).limit(k).lateral("head")
+        return select(*head.c).select_from(Team).join(head, true())
+    rn = func.row_number().over(partition_by=Job.team_id, order_by=_ORDER).label("rn")
+    ranked = select(*_WAITING_COLUMNS, rn).where(_waiting()).subquery()
+    return select(*[ranked.c[c.key] for c in _WAITING_COLUMNS]).where(ranked.c.rn <= k)
 
 
 @dataclass
@@ -262,9 +287,9 @@ class TeamQueue:
 
 
 def read_queues(session: Session, k: int = HEAD) -> dict[str, TeamQueue]:
-    by_team: dict[str, list[Job]] = defaultdict(list)
-    for job in _load(session, Job.id.in_(head_of_line_ids(session, k))):
-        by_team[job.team_id].append(job)
+    by_team: dict[str, list[Waiting]] = defaultdict(list)
+    for row in session.execute(head_of_line(session, k)):  # in dispatch order within each team
+        by_team[row.team_id].append(Waiting(*row))
     return {t: TeamQueue(t, jobs, more=len(jobs) == k, page=k) for t, jobs in by_team.items()}
 
 
