@@ -21,7 +21,8 @@ Why it is built this way (issue 9, a pool of 1,000 workers and 100,000 queued jo
   What is still read per tick grows with the jobs *running* (a slot-time aggregate over
   `ix_jobs_held`), never with the queue or the day's history.
 - The waiting jobs' position, reason and expected start are written by the planner onto
-  the job rows it read, so a GET of a job reads three columns instead of re-planning.
+  the job rows it read (at most once a second in the workers' loop), so a GET of a job
+  reads three columns instead of re-planning.
 
 The decisions are those of the former whole-table planner, kept in tests/scheduling/
 reference.py and compared on random pools by tests/scheduling/test_planner_equivalence.py.
@@ -162,6 +163,16 @@ class PlanCache:
     ttl: timedelta = timedelta(seconds=60)
     unit: float | None = None
     at: datetime | None = None
+    #: Queue positions are rewritten at most this often: event-driven ticks come many times a
+    #: second in a large pool, and each ranking rewrites up to HEAD rows per team.
+    rank_every: timedelta = timedelta(seconds=1)
+    ranked_at: datetime | None = None
+
+    def rank_due(self, now: datetime) -> bool:
+        if self.ranked_at is not None and now - self.ranked_at < self.rank_every:
+            return False
+        self.ranked_at = now
+        return True
 
     def typical_job_seconds(self, session: Session, now: datetime) -> float:
         if self.unit is None or self.at is None or now - self.at > self.ttl:
@@ -338,7 +349,8 @@ def plan_tick(
     if not try_planner_lock(session):
         return tick
     tick.planned = True
-    unit = (cache or PlanCache(ttl=timedelta(0))).typical_job_seconds(session, now)
+    cache = cache or PlanCache(ttl=timedelta(0), rank_every=timedelta(0))
+    unit = cache.typical_job_seconds(session, now)
     workers = live_workers(session, now, heartbeat_timeout)
     loads = team_loads(session, now, unit)
     queues = read_queues(session)
@@ -347,7 +359,8 @@ def plan_tick(
         picked: list[tuple[Waiting, WorkerCapacity]] = []
         tick.capped = _assign(session, queues, loads, free, max_assignments, picked)
         tick.assignments = _dispatch(session, picked, now)
-    _rank(session, queues, loads, workers)
+    if cache.rank_due(now):
+        _rank(session, queues, loads, workers)
     return tick
 
 
