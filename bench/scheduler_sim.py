@@ -62,8 +62,10 @@ def seed(url: str, workers: int, slots: int, queued: int, teams: int, job_second
     total = workers * slots - 1  # all busy but one slot
     # Running jobs per team in proportion to share (the pool starts at its fair split).
     weights = [s for _, s in shares]
-    per_team = [int(total * w / sum(weights)) for w in weights]
-    per_team[-1] += total - sum(per_team)
+    exact = [total * w / sum(weights) for w in weights]
+    per_team = [int(x) for x in exact]
+    for i in sorted(range(teams), key=lambda i: per_team[i] - exact[i])[: total - sum(per_team)]:
+        per_team[i] += 1  # largest remainders first: as close to the shares as whole jobs get
     owner = [shares[i][0] for i, n in enumerate(per_team) for _ in range(n)]
     rng.shuffle(owner)
     engine = get_engine(url)
