@@ -49,6 +49,8 @@ DEFAULT_JOB_SECONDS = 60.0  # what a slot is expected to cost before any job fin
 HEAD = 8  # waiting jobs read (and ranked for GET) per team each tick
 MAX_PAGE = 4096
 
+#: How long the planner's transaction may sit idle before PostgreSQL ends it (and the lock).
+LOCK_IDLE_TIMEOUT = timedelta(seconds=10)
 #: pg_advisory_xact_lock key of the planner and the reconciler ("tuneforg" as a bigint).
 PLANNER_LOCK = int.from_bytes(b"tuneforg", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -77,7 +79,12 @@ def try_planner_lock(session: Session) -> bool:
     process holds it. Re-entrant within one transaction; released at commit or rollback."""
     if not is_postgres(session):
         return True
-    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PLANNER_LOCK}))
+    if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PLANNER_LOCK}):
+        return False
+    # A holder that stops mid-transaction (frozen, partitioned) must not stop the pool: the
+    # server ends its session, and with it the transaction and the lock, after this long.
+    session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{int(LOCK_IDLE_TIMEOUT.total_seconds() * 1000)}ms'"))
+    return True
 
 
 # --- fit ------------------------------------------------------------------------------------
@@ -299,8 +306,10 @@ class TeamQueue:
 
 def read_queues(session: Session, k: int = HEAD) -> dict[str, TeamQueue]:
     by_team: dict[str, list[Waiting]] = defaultdict(list)
-    for row in session.execute(head_of_line(session, k)):  # in dispatch order within each team
+    for row in session.execute(head_of_line(session, k)):
         by_team[row.team_id].append(Waiting(*row))
+    for jobs in by_team.values():  # dispatch order; SQL does not promise the LATERAL's row order
+        jobs.sort(key=lambda j: (-j.priority, as_utc(j.created_at)))
     return {t: TeamQueue(t, jobs, more=len(jobs) == k, page=k) for t, jobs in by_team.items()}
 
 

@@ -5,7 +5,7 @@ lock, every running job, a day of finished jobs and every waiting job on each ca
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select

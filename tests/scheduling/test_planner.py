@@ -5,6 +5,7 @@ positions, and query plans that read an index range per team instead of the queu
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -260,3 +261,39 @@ def test_query_plans_read_an_index_range_per_team(pg_session):
     ):
         plan_text = _explain(db, stmt)
         assert "ix_jobs_held" in plan_text and "Seq Scan on jobs" not in plan_text, (name, plan_text)
+
+
+def test_a_planner_that_stops_mid_tick_loses_nothing(monkeypatch):
+    """A planner frozen inside its transaction (after assigning) keeps nothing: PostgreSQL ends
+    its idle session, the assignment and the lock go with it, and the next planner assigns
+    the same job."""
+    from sqlalchemy.exc import DBAPIError
+
+    from core.db import make_engine
+    from core.services import planner
+    from tests.conftest import fresh_database
+
+    monkeypatch.setattr(planner, "LOCK_IDLE_TIMEOUT", timedelta(seconds=1))
+    with fresh_database("frozen") as url:
+        engine = make_engine(url)
+        try:
+            with Session(engine) as s:
+                team = Team(name="frozen")
+                s.add_all([team, Worker(id="fw", hostname="h", slots=1, gpus=1, gpu_memory_gb=80.0)])
+                s.flush()
+                s.add(new_job(team.id, "job-frozen", created_at=datetime.now(UTC)))
+                s.commit()
+            with Session(engine) as frozen, Session(engine) as next_planner:
+                assert [a.job_id for a in plan(frozen)] == ["job-frozen"]
+                assert plan_tick(next_planner).planned is False  # the frozen one holds the lock
+                next_planner.rollback()
+                time.sleep(2.0)  # frozen: no statement, no commit
+                tick = plan_tick(next_planner)
+                assert tick.planned and [(a.job_id, a.worker_id) for a in tick.assignments] == [("job-frozen", "fw")]
+                next_planner.commit()
+                with pytest.raises(DBAPIError):
+                    frozen.commit()
+            with Session(engine) as s:
+                assert maintained(s) == recount(s) and maintained(s).used_slots == {"fw": 1}
+        finally:
+            engine.dispose()
