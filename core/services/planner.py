@@ -121,14 +121,23 @@ class WorkerCapacity:
         return job_fits(self.gpus, self.gpu_memory_gb, job) and self.free >= slots_needed(job.gpus)
 
 
-def live_workers(session: Session, now: datetime, heartbeat_timeout: timedelta) -> list[WorkerCapacity]:
-    """Live workers by id with their maintained slot counts (one row per worker, no job rows)."""
+def _live(now: datetime, heartbeat_timeout: timedelta):
+    return and_(Worker.active.is_(True), Worker.last_heartbeat >= now - heartbeat_timeout)
+
+
+def free_workers(session: Session, now: datetime, heartbeat_timeout: timedelta) -> list[WorkerCapacity]:
+    """Live workers with a free slot, by id, from their maintained counts (no job rows; in a
+    busy pool, a handful of rows)."""
     rows = session.execute(
         select(Worker.id, Worker.slots, Worker.gpus, Worker.gpu_memory_gb, Worker.used_slots)
-        .where(Worker.active.is_(True), Worker.last_heartbeat >= now - heartbeat_timeout)
-        .order_by(Worker.id)
+        .where(_live(now, heartbeat_timeout), Worker.used_slots < Worker.slots).order_by(Worker.id)
     )
     return [WorkerCapacity(*row) for row in rows]
+
+
+def pool_shapes(session: Session, now: datetime, heartbeat_timeout: timedelta) -> set[tuple[int, float | None]]:
+    """The (GPUs, GPU memory) shapes of the live pool: whether any worker could ever run a job."""
+    return set(session.execute(select(Worker.gpus, Worker.gpu_memory_gb).where(_live(now, heartbeat_timeout)).distinct()).all())
 
 
 def _shape(job: Job | Waiting) -> tuple[int, float | None]:
@@ -364,16 +373,15 @@ def plan_tick(
     tick.planned = True
     cache = cache or PlanCache(ttl=timedelta(0), rank_every=timedelta(0))
     unit = cache.typical_job_seconds(session, now)
-    workers = live_workers(session, now, heartbeat_timeout)
+    free = free_workers(session, now, heartbeat_timeout)
     loads = team_loads(session, now, unit)
     queues = read_queues(session)
-    free = [w for w in workers if w.free > 0]
     if free:
         picked: list[tuple[Waiting, WorkerCapacity]] = []
         tick.capped = _assign(session, queues, loads, free, max_assignments, picked)
         tick.assignments = _dispatch(session, picked, now)
     if cache.rank_due(now):
-        _rank(session, queues, loads, workers)
+        _rank(session, queues, loads, free, pool_shapes(session, now, heartbeat_timeout), now - heartbeat_timeout)
     return tick
 
 
@@ -436,7 +444,8 @@ def _dispatch(session: Session, picked: list[tuple[Waiting, WorkerCapacity]], no
     return out
 
 
-def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamLoad], workers: list[WorkerCapacity]) -> None:
+def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamLoad], free: list[WorkerCapacity],
+          shapes: set[tuple[int, float | None]], live_since: datetime) -> None:
     """Write position, reason and expected start onto each team's first HEAD waiting jobs.
 
     Position is the order the planner would hand out slots if every job fitted: the same
@@ -463,18 +472,17 @@ def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamL
         elif queues[t].more or len(queues[t].jobs) > HEAD:
             break  # this team's next job is unread: later positions could be its
 
-    shapes = {(w.gpus, w.gpu_memory_gb) for w in workers}
     can_run: dict[tuple, bool] = {}
     has_room: dict[tuple, bool] = {}
     earliest: dict[tuple, datetime | None] = {}
-    finishes: dict[str, datetime] | None = None
+    finishes: dict[tuple, datetime] | None = None
     changes: list[dict] = []
     for team_id, jobs in window.items():
         for job in jobs:
             shape, pos, eta = _shape(job), position.get(job.id), None
             if shape not in can_run:
                 can_run[shape] = any(job_fits(g, m, job) for g, m in shapes)
-                has_room[shape] = any(w.fits(job) for w in workers)
+                has_room[shape] = any(w.fits(job) for w in free)  # free as left by this tick
             if not can_run[shape]:
                 need = f"{job.gpus} GPU(s)" + (f" with >= {job.min_gpu_memory_gb:g} GB" if job.min_gpu_memory_gb else "")
                 reason = f"no live worker in the pool can run {need}"
@@ -483,8 +491,8 @@ def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamL
             elif not has_room[shape]:
                 reason = "all fitting worker slots are busy"
                 if shape not in earliest:
-                    finishes = finishes if finishes is not None else _earliest_finish_by_worker(session)
-                    earliest[shape] = min((finishes[w.id] for w in workers if w.id in finishes and job_fits(w.gpus, w.gpu_memory_gb, job)), default=None)
+                    finishes = finishes if finishes is not None else _earliest_finish_by_shape(session, live_since)
+                    earliest[shape] = min((f for (g, m), f in finishes.items() if job_fits(g, m, job)), default=None)
                 eta = earliest[shape]
             elif pos == 1:
                 reason = "waiting for the scheduler"
@@ -516,10 +524,13 @@ def _expire(session: Session, model, pk: str) -> None:
         session.expire(obj)
 
 
-def _earliest_finish_by_worker(session: Session) -> dict[str, datetime]:
+def _earliest_finish_by_shape(session: Session, live_since: datetime) -> dict[tuple, datetime]:
+    """When the first running job is expected to end on live workers of each shape."""
     rows = session.execute(
-        select(Job.held_worker_id, func.min(Job.estimated_finish))
-        .where(Job.held_worker_id.is_not(None), Job.status.in_([s.value for s in ACTIVE]), Job.estimated_finish.is_not(None))
-        .group_by(Job.held_worker_id)
+        select(Worker.gpus, Worker.gpu_memory_gb, func.min(Job.estimated_finish))
+        .join(Worker, Worker.id == Job.held_worker_id)
+        .where(Job.held_worker_id.is_not(None), Job.status.in_([s.value for s in ACTIVE]), Job.estimated_finish.is_not(None),
+               Worker.active.is_(True), Worker.last_heartbeat >= live_since)
+        .group_by(Worker.gpus, Worker.gpu_memory_gb)
     )
-    return {w: as_utc(f) for w, f in rows}
+    return {(g, m): as_utc(f) for g, m, f in rows}
