@@ -102,10 +102,10 @@ class Broker:
     """Stands in for Celery's send_task: the message goes to the simulated worker side."""
 
     def __init__(self) -> None:
-        self.messages: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.messages: queue.Queue[tuple[str, str, float]] = queue.Queue()
 
     def send_task(self, _name, args, queue):  # noqa: A002 - Celery's signature
-        self.messages.put((args[0], queue.rsplit(".", 1)[-1] if "." in queue else queue))
+        self.messages.put((args[0], queue.rsplit(".", 1)[-1] if "." in queue else queue, time.monotonic()))
 
 
 @contextmanager
@@ -169,6 +169,8 @@ def simulate(args) -> None:
         skipped = [0]
         freed: dict[str, deque[float]] = defaultdict(deque)  # worker -> when its slots freed
         dispatch: list[float] = []
+        to_send: list[float] = []  # slot freed -> the planner's tick sent the job (after its commit)
+        to_claim: list[float] = []  # sent -> claimed by the simulated worker
         by_team: dict[str, int] = defaultdict(int)  # dispatches while every team still had a backlog
         claimed: dict[str, int] = defaultdict(int)
         backlog = {f"team-{t:03d}": len(range(t, args.queued, args.teams)) for t in range(args.teams)}
@@ -179,7 +181,7 @@ def simulate(args) -> None:
         for jid, left in ends:
             heap.append((start + left, jid, 1))
         heapq.heapify(heap)
-        freed["sim-w00001"].append(start)  # the one free slot (first worker by id, as seeded)
+        freed[f"sim-w{args.workers:05d}"].append(start)  # the one free slot: the last worker, as seeded
 
         with db_timer(engine) as local:
             real_plan_tick = scheduler.plan_tick
@@ -198,7 +200,7 @@ def simulate(args) -> None:
                 with Session(engine) as s:
                     while not stop.is_set():
                         try:
-                            job_id, worker_id = broker.messages.get(timeout=0.2)
+                            job_id, worker_id, sent = broker.messages.get(timeout=0.2)
                         except queue.Empty:
                             continue
                         claim = runs.claim_job(s, job_id, worker_id, lease_seconds=3600)
@@ -208,7 +210,10 @@ def simulate(args) -> None:
                             continue
                         with lock:
                             if freed[worker_id]:
-                                dispatch.append(now - freed[worker_id].popleft())
+                                was_freed = freed[worker_id].popleft()
+                                dispatch.append(now - was_freed)
+                                to_send.append(sent - was_freed)
+                                to_claim.append(now - sent)
                             claimed[claim.team_id] += 1
                             if backlogged_until[0] is None:
                                 by_team[claim.team_id] += 1
@@ -229,12 +234,23 @@ def simulate(args) -> None:
                         _, job_id, attempt = due
                         worker_id = s.get(Job, job_id).worker_id
                         runs.finish(s, job_id, attempt, "succeeded")
-                        s.commit()
-                        with lock:
+                        with lock:  # before the commit: no claim of the freed slot can precede it
                             freed[worker_id].append(time.monotonic())
+                        s.commit()
                         s.expunge_all()
 
+            real_run_tick = scheduler.run_tick
+            whole: list[float] = []  # a whole pass: reconcile when due, plan, commit, send
+
+            def timed_run_tick(*a, **kw) -> Tick:
+                t0 = time.perf_counter()
+                result = real_run_tick(*a, **kw)
+                if result.planned:
+                    whole.append(time.perf_counter() - t0)
+                return result
+
             scheduler.plan_tick = timed_plan_tick
+            scheduler.run_tick = timed_run_tick
             listener = Listener(url, channels=(PLAN,)).start()
             listener.listening.wait(10)
             t0 = time.monotonic()
@@ -251,6 +267,7 @@ def simulate(args) -> None:
                 th.join(5)
             listener.stop()
             scheduler.plan_tick = real_plan_tick
+            scheduler.run_tick = real_run_tick
             time.sleep(1.0)
 
         # Fair share as the planner measures it: each team's slot-time over the window.
@@ -265,10 +282,14 @@ def simulate(args) -> None:
     print(f"ran {elapsed:.0f}s with {args.planners} planner loops, {args.claimers} claimers; "
           f"ticks planned {len(ticks)}, skipped (lock held elsewhere) {skipped[0]}")
     print(f"plan tick: p50 {pct(secs, 0.5) * 1000:.1f} ms, p99 {pct(secs, 0.99) * 1000:.1f} ms, max {max(secs, default=0) * 1000:.1f} ms")
+    print(f"whole pass (reconcile when due + plan + commit + send): p50 {pct(whole, 0.5) * 1000:.1f} ms, "
+          f"p99 {pct(whole, 0.99) * 1000:.1f} ms")
     print(f"database time per tick: p50 {pct(dbs, 0.5) * 1000:.1f} ms, p99 {pct(dbs, 0.99) * 1000:.1f} ms")
     print(f"assignments: {total} ({total / elapsed:.1f}/s; {len(dispatch)} after a slot freed)")
     print(f"dispatch latency (slot freed -> next job claimed on it): p50 {pct(dispatch, 0.5) * 1000:.0f} ms, "
-          f"p99 {pct(dispatch, 0.99) * 1000:.0f} ms, max {max(dispatch, default=float('nan')) * 1000:.0f} ms")
+          f"p99 {pct(dispatch, 0.99) * 1000:.0f} ms, max {max(dispatch, default=float('nan')) * 1000:.0f} ms; of which "
+          f"freed -> sent p50 {pct(to_send, 0.5) * 1000:.0f} / p99 {pct(to_send, 0.99) * 1000:.0f} ms, "
+          f"sent -> claimed p50 {pct(to_claim, 0.5) * 1000:.0f} / p99 {pct(to_claim, 0.99) * 1000:.0f} ms")
     print(f"GET of a queued job (row + stored queue columns): p50 {pct(get_times, 0.5) * 1000:.2f} ms, "
           f"p99 {pct(get_times, 0.99) * 1000:.2f} ms")
     shares = {f"team-{t:03d}": SHARES[t % len(SHARES)] for t in range(args.teams)}
