@@ -25,7 +25,7 @@ Why it is built this way (issue 9, a pool of 1,000 workers and 100,000 queued jo
   reads three columns instead of re-planning.
 
 The decisions are those of the former whole-table planner, kept in tests/scheduling/
-reference.py and compared on random pools by tests/scheduling/test_planner_equivalence.py.
+reference.py and compared on random pools and queues by tests/scheduling/test_planner.py.
 """
 
 from __future__ import annotations
@@ -216,7 +216,11 @@ def team_loads(session: Session, now: datetime, unit: float) -> dict[str, TeamLo
 
     Charging a slot when it is handed out, not as it is used, is what makes shares hold:
     compared on time already used, a job that has just started costs nothing, and a team
-    could take every free slot in one pass."""
+    could take every free slot in one pass.
+
+    The rollup counts a finished job in the hour it ended, whole: the window's oldest hour
+    is included in full (the former planner cut at the exact second and clipped a job that
+    started before the window; both differ only for jobs ending 24-25 h ago)."""
     since = now - USAGE_WINDOW
     loads = {
         tid: TeamLoad(share=max(share or 1.0, 1e-6), max_running=max_running, unit=unit)
