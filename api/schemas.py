@@ -12,7 +12,7 @@ from sqlalchemy import Row
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
 from core.services.jobs import event_id
-from core.services.scheduling import QueueInfo
+from core.services.scheduling import QueueInfo, queue_info
 from core.spec import Hyperparameters, JobSpec
 
 T = TypeVar("T")
@@ -151,6 +151,7 @@ def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
     """Built from the stored row as it is: the spec was validated when the job was created,
     and validating it again per row per poll would cost most of a list request (and turn a
     row written under older, looser rules into a 500)."""
+    queue = queue or queue_info(job)  # the planner's stored columns: O(1) per job
     spec = job.spec or {}
     hp = _openai_hyperparameters(_section(spec, "hyperparameters"))
     err = job.error

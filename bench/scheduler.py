@@ -1,5 +1,14 @@
-"""Scheduler benchmark: a pool of real worker processes draining a backlog of tiny real
-training jobs from teams with different shares.
+"""Scheduler benchmark, two modes.
+
+`--simulate` (bench/scheduler_sim.py): the planner at pool scale — thousands of synthetic
+workers and a hundred thousand queued jobs in PostgreSQL, the production scheduling loop,
+no training processes:
+
+    python bench/scheduler.py --simulate --workers 1000 --slots 8 --queued 100000 --teams 50
+    python bench/scheduler.py --simulate --workers 10 --slots 8 --queued 1000 --teams 50
+
+Without it: a pool of real worker processes draining a backlog of tiny real training jobs
+from teams with different shares.
 
 Starts `--workers` real `celery worker` processes (slots from `--slots`, cycled) on a
 fresh PostgreSQL database, a Redis db index of its own and a queue of its own, queues
@@ -154,7 +163,28 @@ def main() -> None:
     p.add_argument("--slots", default="2,1,2")
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--schedule-interval", type=float, default=1.0, help="TUNEFORGE_SCHEDULE_INTERVAL_SECONDS")
+    sim = p.add_argument_group("--simulate (synthetic pool, no training)")
+    sim.add_argument("--simulate", action="store_true")
+    sim.add_argument("--queued", type=int, default=1000)
+    sim.add_argument("--teams", type=int, default=50)
+    sim.add_argument("--job-seconds", type=float, default=None, help="mean job length (default: slots / 40 per second of finishes)")
+    sim.add_argument("--planners", type=int, default=None, help="scheduling loops, as worker processes (default: min(workers, 8))")
+    sim.add_argument("--claimers", type=int, default=4)
+    sim.add_argument("--interval", type=float, default=1.0)
+    sim.add_argument("--reference-ticks", type=int, default=0, help="also time the former planner this many times")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--verbose", action="store_true")
     args = p.parse_args()
+    if args.simulate:
+        from bench.scheduler_sim import simulate
+
+        args.slots = int(args.slots) if args.slots.isdigit() else 8
+        args.seconds = args.seconds if "--seconds" in sys.argv else 60.0
+        args.planners = args.planners or min(args.workers, 8)
+        # Finishes at ~40/s whatever the pool size: what two shared cores can drive.
+        args.job_seconds = args.job_seconds or args.workers * args.slots / 40
+        simulate(args)
+        return
     slots = [int(x) for x in args.slots.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp, fresh_database("bench") as url:

@@ -20,6 +20,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    column,
+    text,
     true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -106,6 +108,14 @@ class Job(Base):
         UniqueConstraint("team_id", "idempotency_key", name="uq_jobs_team_idempotency"),
         Index("ix_jobs_status_priority", "status", "priority", "created_at"),
         Index("ix_jobs_team_created", "team_id", "id"),
+        # The planner's head-of-line read: each team's waiting jobs in dispatch order
+        # (priority, then age), one short index range per team (core/services/planner.py).
+        Index("ix_jobs_waiting_head", "team_id", "status", column("priority").desc(), "created_at", "id",
+              postgresql_where=text("worker_id IS NULL"), sqlite_where=text("worker_id IS NULL")),
+        # The jobs holding a slot right now (a few per worker), for the running-usage aggregate.
+        Index("ix_jobs_held", "held_worker_id", postgresql_where=text("held_worker_id IS NOT NULL"),
+              sqlite_where=text("held_worker_id IS NOT NULL")),
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))
@@ -146,6 +156,15 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     estimated_finish: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+
+    # The slot this job is counted against in Worker.used_slots (core/services/slot_accounting.py
+    # keeps these equal to what the status/worker_id say, so counts move with every write).
+    held_worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    held_slots: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Written by the planner each tick for a waiting job (read by GET, never recomputed there).
+    queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    queue_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    estimated_start: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
 
     team: Mapped[Team] = relationship()
 
@@ -222,3 +241,22 @@ class Worker(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     started_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
+    # Slots held by jobs dispatched to or running on this worker; maintained as jobs are
+    # dispatched, start and end (core/services/slot_accounting.py), so the planner reads
+    # free slots without loading running jobs.
+    used_slots: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class TeamUsage(Base):
+    """Slot-seconds of finished jobs per team and hour (the fair-share window is a sum of
+    the last 24 rows of a team), added when a job ends instead of re-read from job rows."""
+
+    __tablename__ = "team_usage"
+
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(_tz(), primary_key=True)  # start of the hour (UTC)
+    slot_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# Registers the ORM hooks that keep Worker.used_slots and TeamUsage in step with job rows.
+import core.services.slot_accounting  # noqa: E402, F401

@@ -5,8 +5,6 @@ Routes are thin: a service call, the commit, and only then the broker message.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 
@@ -16,7 +14,8 @@ from api.etag import conditional
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
 from core.jobrequest import JobCreateRequest
 from core.models import Team
-from core.services import jobs, scheduling
+from core.services import jobs
+from core.services.scheduling import queue_info
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"], responses=responses(*COMMON))
 
@@ -80,11 +79,9 @@ def retrieve(
     response: Response,
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
-    svc: Services = Depends(services),
 ):
     job = jobs.get_job(session, team.id, job_id)
-    timeout = timedelta(seconds=svc.settings.worker_timeout_seconds)
-    queue = scheduling.explain(session, job, heartbeat_timeout=timeout)
+    queue = queue_info(job)  # stored by the planner each tick: O(1) however long the queue
     if unchanged := conditional(request, response, jobs.job_version(job), queue):
         return unchanged
     return job_object(job, queue)

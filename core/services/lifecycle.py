@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import IllegalTransition, NotFound, StaleAttempt
 from core.models import Job, JobEvent, utcnow
-from core.notify import JOB_CHANGED, notify
+from core.notify import JOB_CHANGED, PLAN, notify
 from core.states import JobStatus, can_transition, is_terminal
 
 
@@ -86,4 +86,7 @@ def set_job_status(
     level = "error" if new is JobStatus.FAILED else "info"
     text = message or f"Job status changed from {old.value} to {new.value}"
     add_event(session, job, text, type="status", level=level, data={"from": old.value, "to": new.value, **(data or {})})
+    if new is JobStatus.QUEUED or new is JobStatus.PAUSED or is_terminal(new):
+        # A job to place, or a slot freed: wake the planner when this commits.
+        notify(session, PLAN, new.value)
     return job

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Job, Worker, utcnow
+from core.notify import PLAN, notify
 
 
 def register_worker(
@@ -26,6 +27,7 @@ def register_worker(
     w.running_job_ids, w.active = [], True
     w.started_at = w.last_heartbeat = utcnow()
     session.add(w)
+    notify(session, PLAN, "worker")  # new slots: plan now, not at the next interval
     return w
 
 
@@ -35,6 +37,8 @@ def worker_heartbeat(session: Session, worker_id: str, running_job_ids: list[str
         return
     w.last_heartbeat = utcnow()
     w.running_job_ids = sorted(running_job_ids)
+    if not w.active:  # back in the pool (it was only slow): its free slots count again
+        notify(session, PLAN, "worker")
     w.active = True
 
 

@@ -12,7 +12,7 @@ from celery import Celery
 
 from core.tasks import RUN_JOB, worker_queue
 from tests.stacks import children
-from worker.scheduler import tick
+from worker.scheduler import run_tick
 
 
 def local_ports(pid: int) -> set[int]:
@@ -60,7 +60,13 @@ def test_flushed_broker_loses_no_dispatched_or_queued_job(pool):
                 # wait until Redis itself shows none of its connections blocked in one.
                 pool.wait(lambda: not blocked_in_a_pop(r, w.pid), "the frozen worker's blocking pop to lapse", timeout=30)
                 jobs = [pool.job(team, max_steps=1) for _ in range(3)]
-                dispatched = tick(sender, settings)  # the same pass every worker runs
+                # The same pass every worker runs. It skips while the frozen worker's planner
+                # still holds the lock (frozen mid-tick, until PostgreSQL ends its idle transaction).
+                deadline = time.monotonic() + 30
+                while not (result := run_tick(sender, settings)).planned:
+                    assert time.monotonic() < deadline, "the planner lock was never released"
+                    time.sleep(0.5)
+                dispatched = [a.job_id for a in result.assignments]
                 assert len(dispatched) == 2  # two slots: two go to the broker, one waits in SQL
                 own_queue = worker_queue(pool.env["TUNEFORGE_QUEUE"], w.worker_id)
                 assert r.llen(own_queue) == 2

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from core.models import Job, JobEvent, Team, Worker, utcnow
-from core.services.scheduling import explain, plan, reconcile
+from core.services.scheduling import plan, queue_info, reconcile
 from core.spec import JobSpec
 
 
@@ -136,7 +136,7 @@ class TestLimits:
         worker(db, slots=3, gpus=3)
         j1, j2 = job(db, t), job(db, t)
         assert [p.job_id for p in plan(db)] == [j1.id]
-        info = explain(db, j2)
+        info = queue_info(j2)
         assert "running limit" in info.reason and info.position == 1
 
 
@@ -149,14 +149,14 @@ class TestFit:
         mem = job(db, t, gpus=1, mem=40)
         picks = {p.job_id: p.worker_id for p in plan(db)}
         assert picks == {two.id: "big"}  # `mem` fits only "big", which `two` now fills
-        assert explain(db, mem).reason == "all fitting worker slots are busy"
+        assert queue_info(mem).reason == "all fitting worker slots are busy"
 
     def test_nothing_fits(self, db):
         t = team(db, "T")
         worker(db, gpus=1, mem=24.0)
         j = job(db, t, gpus=8)
         assert plan(db) == []
-        assert "no live worker in the pool can run 8 GPU(s)" in explain(db, j).reason
+        assert "no live worker in the pool can run 8 GPU(s)" in queue_info(j).reason
 
     def test_dead_worker_gets_nothing(self, db):
         t = team(db, "T")
