@@ -10,6 +10,8 @@ from api import errors, metrics
 from api.deps import Services
 from api.dispatch import Dispatcher
 from api.routes import downloads, files, jobs, runs, system
+from api.routes import models as model_routes
+from api.routes import webhooks as webhook_routes
 from api.uploads import UploadLimit
 from core.config import Settings, get_settings
 from core.db import make_engine, session_factory
@@ -32,6 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UploadLimit, limit=settings.max_upload_bytes, path="/v1/files")
     for module in (files, jobs, runs, downloads, system):
         app.include_router(module.router)
+    app.include_router(webhook_routes.router)
+    app.include_router(model_routes.router)
     return app
 
 

@@ -41,7 +41,7 @@ from core.config import Settings
 from core.db import get_engine, session_scope
 from core.errors import IllegalTransition, StaleAttempt
 from core.models import File, Job, Team
-from core.services import runs
+from core.services import results, runs
 from core.states import JobStatus
 from core.storage import get_store
 
@@ -433,6 +433,7 @@ class JobRun:
         total = (report.get("train_tokens") or {}).get("total_tokens")
         trained = round(total * epochs) if isinstance(total, int) and isinstance(epochs, (int, float)) else total
         name = fine_tuned_model_name(self.claim.spec["model"], team_name, self.claim.spec.get("suffix"), self.job_id)
+        self._write(results.write_results_file, self.store)  # OpenAI's step_metrics.csv, listed in result_files
         self._write(
             runs.finish, S.SUCCEEDED, None, self.result.get("metrics") or {},
             message=f"Job succeeded: {len(uploaded)} artifacts uploaded", fine_tuned_model=name, trained_tokens=trained,

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import IllegalTransition, NotFound, StaleAttempt
 from core.models import Job, JobEvent, utcnow
+from core.services import webhooks
 from core.states import JobStatus, can_transition, is_terminal
 
 
@@ -82,4 +83,5 @@ def set_job_status(
     level = "error" if new is JobStatus.FAILED else "info"
     text = message or f"Job status changed from {old.value} to {new.value}"
     add_event(session, job, text, type="status", level=level, data={"from": old.value, "to": new.value, **(data or {})})
+    webhooks.job_status_changed(session, job, old.value, new.value)  # outbox rows, same transaction
     return job
