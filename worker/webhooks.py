@@ -26,7 +26,12 @@ from core.services import webhooks
 log = logging.getLogger(__name__)
 
 SENDERS = 8  # concurrent POSTs per worker: a few hanging receivers cannot starve the rest
-LEASE_MARGIN_SECONDS = 30.0  # a claim outlives the POST's timeout by this much
+
+def lease_seconds(timeout: float) -> float:
+    """How long a claim keeps other workers off a row: longer than one POST can take (httpx
+    applies the timeout to connect, write and read separately) plus the write of its outcome;
+    short, because it is also how late a dead worker's in-flight deliveries are picked up again."""
+    return 3 * timeout + 2
 
 
 def send(client: httpx.Client, due: webhooks.Due) -> tuple[bool, int | None, str | None]:
@@ -57,7 +62,7 @@ class Deliverer:
             room += 1
         if room == 0:
             return 0
-        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+        lease = lease_seconds(self.settings.webhook_timeout_seconds)
         try:
             with session_scope(self.engine) as s:
                 due = webhooks.claim_due(s, limit=room, lease_seconds=lease)
