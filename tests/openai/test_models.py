@@ -113,3 +113,21 @@ def test_only_exact_hub_ids_of_the_allowlist_are_listed(tmp_path):
     settings = Settings(embedded=True, model_allowlist="org/exact,org/*,meta-llama/", model_roots=str(tmp_path))
     (tmp_path / "no-config").mkdir()
     assert [(m.id, m.owned_by) for m in models_catalog.base_models(settings)] == [("org/exact", "org")]
+
+
+def test_export_adapters_command_writes_what_vllm_loads(ft_model, settings_env, tmp_path, model_dir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    name, _job = ft_model
+    run = subprocess.run(
+        [sys.executable, "-m", "core.cli", "export-adapters", str(tmp_path / "adapters"), "--served-base", "org/tiny",
+         "--base-model", str(model_dir)],
+        cwd=REPO, env={**os.environ, **settings_env}, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    config = json.loads((tmp_path / "adapters" / name / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "org/tiny"  # what vLLM's resolver compares with its --model
