@@ -71,15 +71,20 @@ def test_every_status_change_is_delivered_and_the_sdk_verifies_it(api, receiver,
     job_id = api.job(str(model_dir)).json()["id"]
     claim = run_as_worker(job_id)
     with Session(stack_engine) as s:
+        runs.record_checkpoint(s, job_id, claim.attempt, 2, f"jobs/{job_id}/checkpoints/step-2", {"loss": 1.5})
         runs.finish(s, job_id, claim.attempt, JobStatus.SUCCEEDED, fine_tuned_model=f"ft:tiny:{job_id}")
         s.commit()
 
-    wait_for(lambda: len(receiver.answered_ok(path)) >= 3, what="three deliveries")
+    wait_for(lambda: len(receiver.answered_ok(path)) >= 4, what="four deliveries")
     events = unwrapped(receiver, path, secret)  # raises unless every signature verifies
-    assert sorted(e.type for e in events) == ["fine_tuning.job.queued", "fine_tuning.job.running", "fine_tuning.job.succeeded"]
+    assert sorted(e.type for e in events) == [
+        "fine_tuning.job.checkpoint.created", "fine_tuning.job.queued", "fine_tuning.job.running", "fine_tuning.job.succeeded"]
     assert all(e.data.id == job_id and e.object == "event" for e in events)
     done = next(e for e in events if e.type == "fine_tuning.job.succeeded")
     assert isinstance(done, FineTuningJobSucceededWebhookEvent)  # OpenAI's own event type, parsed by the SDK
+    assert done.data.model_dump()["fine_tuned_model"] == f"ft:tiny:{job_id}"  # an extension, kept by the SDK
+    checkpoint = next(e for e in events if e.type.endswith("checkpoint.created")).data.model_dump()
+    assert checkpoint["step_number"] == 2 and checkpoint["metrics"] == {"loss": 1.5}
     raw = json.loads(receiver.answered_ok(path)[0].body)
     assert set(raw) == {"id", "object", "type", "created_at", "data"}
 
@@ -89,8 +94,11 @@ def test_every_status_change_is_delivered_and_the_sdk_verifies_it(api, receiver,
     with pytest.raises(openai.InvalidWebhookSignatureError):
         SDK.webhooks.unwrap(first.body, first.headers, secret=webhooks.new_secret())
 
-    log = api.http.get(f"/v1/webhooks/{endpoint_id}/deliveries").json()["data"]
-    assert len(log) == 3 and {d["status"] for d in log} == {"delivered"}
+    def log():  # the receiver answers before the deliverer records the outcome
+        return api.http.get(f"/v1/webhooks/{endpoint_id}/deliveries").json()["data"]
+
+    log = wait_for(lambda: {d["status"] for d in log()} == {"delivered"} and log(), what="the log to show all delivered")
+    assert len(log) == 4
     assert {d["attempts"] for d in log} == {1} and {d["last_status_code"] for d in log} == {200}
     assert {d["event_id"] for d in log} == {e.id for e in events}
 
@@ -132,8 +140,9 @@ def test_a_failing_receiver_gets_the_same_event_again_with_backoff(api, receiver
     gaps = [b.at - a.at for a, b in zip(tries, tries[1:])]
     assert gaps[0] >= 0.18 and gaps[1] >= 0.36, gaps  # 0.2 s, then doubled
     SDK.webhooks.unwrap(tries[-1].body, tries[-1].headers, secret=secret)
-    (log,) = api.http.get(f"/v1/webhooks/{endpoint_id}/deliveries").json()["data"]
-    assert log["status"] == "delivered" and log["attempts"] == 3 and log["last_status_code"] == 200
+    (log,) = wait_for(lambda: [d for d in api.http.get(f"/v1/webhooks/{endpoint_id}/deliveries").json()["data"]
+                               if d["status"] == "delivered"], what="the log to show the delivery")
+    assert log["attempts"] == 3 and log["last_status_code"] == 200
 
 
 def test_a_hanging_receiver_holds_up_neither_jobs_nor_other_receivers(api, receiver, deliverer, run_as_worker, model_dir, fast_settings):
