@@ -26,8 +26,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from standardwebhooks.webhooks import Webhook
 
 from core.errors import InvalidRequest, NotFound
 from core.models import Job, WebhookDelivery, WebhookEndpoint, as_utc, new_id, utcnow
@@ -78,7 +79,7 @@ def create_endpoint(
     session: Session, team_id: str, url: str, *, events: list[str] | None = None, description: str | None = None
 ) -> WebhookEndpoint:
     """The caller shows `endpoint.secret` once, in the creation response."""
-    count = len(session.scalars(select(WebhookEndpoint.id).where(WebhookEndpoint.team_id == team_id)).all())
+    count = session.scalar(select(func.count()).where(WebhookEndpoint.team_id == team_id))
     if count >= MAX_ENDPOINTS_PER_TEAM:
         raise InvalidRequest(f"a team may register at most {MAX_ENDPOINTS_PER_TEAM} webhook endpoints", param="url")
     ep = WebhookEndpoint(
@@ -208,8 +209,6 @@ def claim_due(session: Session, *, limit: int, lease_seconds: float) -> list[Due
 def signed_headers(secret: str, event_id: str, payload: str, at: datetime | None = None) -> dict[str, str]:
     """Standard Webhooks headers for one attempt; signed afresh each time, because receivers
     (the SDK included) refuse timestamps older than five minutes."""
-    from standardwebhooks.webhooks import Webhook
-
     at = at or utcnow()
     return {
         "webhook-id": event_id,

@@ -183,3 +183,14 @@ def test_an_event_is_given_up_after_the_retry_window(db_session):
     given_up = webhooks.record_attempt(db_session, d.id, ok=False, status_code=None, error="ConnectError", retry_seconds=86400, backoff_base=5)
     assert given_up.status == "failed" and given_up.attempts == 2
     assert db_session.get(WebhookEndpoint, ep.id) is not None
+
+
+def test_a_team_has_a_bounded_number_of_endpoints(db_session):
+    from core.errors import InvalidRequest
+    from core.services.auth import create_team
+
+    team = create_team(db_session, f"t-{secrets.token_hex(3)}")
+    for i in range(webhooks.MAX_ENDPOINTS_PER_TEAM):
+        webhooks.create_endpoint(db_session, team.id, f"http://127.0.0.1:9/{i}")
+    with pytest.raises(InvalidRequest, match="at most"):
+        webhooks.create_endpoint(db_session, team.id, "http://127.0.0.1:9/one-too-many")
