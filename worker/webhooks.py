@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -25,7 +26,9 @@ from core.services import webhooks
 
 log = logging.getLogger(__name__)
 
-SENDERS = 8  # concurrent POSTs per worker: a few hanging receivers cannot starve the rest
+SENDERS = 8  # concurrent POSTs per worker
+PER_ENDPOINT = 2  # of which one endpoint may hold at most this many: a hanging receiver cannot starve the rest
+
 
 def lease_seconds(timeout: float) -> float:
     """How long a claim keeps other workers off a row: longer than one POST can take (httpx
@@ -46,33 +49,42 @@ def send(client: httpx.Client, due: webhooks.Due) -> tuple[bool, int | None, str
 
 
 class Deliverer:
-    """Claims due deliveries and sends them; `run_once` is one pass (tests call it too)."""
+    """Claims due deliveries and sends them; `run_once` is one pass."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine or get_engine(settings.database_url)
         self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
         self.pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
-        self.in_flight = threading.Semaphore(SENDERS)
+        self.free = threading.Semaphore(SENDERS)
+        self.lock = threading.Lock()
+        self.busy: Counter[str] = Counter()  # endpoint id -> sends in flight
+        self.finished = threading.Event()  # set when a send ends: its endpoint may take the next one
 
-    def run_once(self) -> int:
-        """Claim what there is room for and hand it to the senders; returns how many."""
-        room = 0
-        while room < SENDERS and self.in_flight.acquire(blocking=False):
-            room += 1
-        if room == 0:
+    def run_once(self, wait_for_room: float = 0.0) -> int:
+        """Claim what there is room for (waiting up to `wait_for_room` for a free sender)
+        and hand it to the senders; returns how many were claimed."""
+        got = self.free.acquire(timeout=wait_for_room) if wait_for_room > 0 else self.free.acquire(blocking=False)
+        if not got:
             return 0
-        lease = lease_seconds(self.settings.webhook_timeout_seconds)
+        room = 1
+        while room < SENDERS and self.free.acquire(blocking=False):
+            room += 1
         try:
+            with self.lock:
+                busy = dict(self.busy)
             with session_scope(self.engine) as s:
-                due = webhooks.claim_due(s, limit=room, lease_seconds=lease)
+                due = webhooks.claim_due(s, limit=room, lease_seconds=lease_seconds(self.settings.webhook_timeout_seconds),
+                                         busy=busy, per_endpoint=PER_ENDPOINT)
         except BaseException:
             for _ in range(room):
-                self.in_flight.release()
+                self.free.release()
             raise
         for _ in range(room - len(due)):
-            self.in_flight.release()
+            self.free.release()
         for d in due:
+            with self.lock:
+                self.busy[d.endpoint_id] += 1
             self.pool.submit(self._deliver, d)
         return len(due)
 
@@ -88,7 +100,12 @@ class Deliverer:
         except Exception:  # the lease brings the row back; keep the loop alive
             log.exception("webhook delivery %s failed in the worker", due.id)
         finally:
-            self.in_flight.release()
+            with self.lock:
+                self.busy[due.endpoint_id] -= 1
+                if self.busy[due.endpoint_id] <= 0:
+                    del self.busy[due.endpoint_id]
+            self.free.release()
+            self.finished.set()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -96,16 +113,23 @@ class Deliverer:
 
 
 def start(settings: Settings, stop: threading.Event, engine: Engine | None = None) -> threading.Thread:
-    """The loop as a daemon thread, until `stop` is set."""
+    """The loop as a daemon thread, until `stop` is set. A backlog is worked off as fast as
+    senders free up (a send that ends wakes the loop); an idle outbox is looked at every
+    poll interval."""
     deliverer = Deliverer(settings, engine)
+    poll = settings.webhook_poll_seconds
 
     def loop() -> None:
         try:
-            while not stop.wait(settings.webhook_poll_seconds):
+            while not stop.is_set():
+                deliverer.finished.clear()
                 try:
-                    deliverer.run_once()
+                    claimed = deliverer.run_once(wait_for_room=poll)
                 except Exception:  # a database blip must not end deliveries
                     log.exception("webhook delivery pass failed")
+                    claimed = 0
+                if not claimed:
+                    deliverer.finished.wait(poll)
         finally:
             deliverer.close()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -165,28 +166,41 @@ class Due:
     """What one attempt needs, read while claiming so the send holds no session."""
 
     id: str
+    endpoint_id: str
     url: str
     secret: str
     event_id: str
     payload: str
 
 
-def claim_due(session: Session, *, limit: int, lease_seconds: float) -> list[Due]:
+def claim_due(
+    session: Session, *, limit: int, lease_seconds: float, busy: Mapping[str, int] | None = None, per_endpoint: int | None = None
+) -> list[Due]:
     """Take up to `limit` deliveries whose time has come, for this caller only.
 
     A conditional UPDATE per row pushes `next_attempt_at` past the attempt's timeout, so
     another loop (another worker) skips it; if this process dies mid-send, the lease runs
-    out and the row is due again. Works the same on PostgreSQL and SQLite."""
+    out and the row is due again. Works the same on PostgreSQL and SQLite.
+
+    `busy` (endpoint id -> sends in flight) and `per_endpoint` cap what one endpoint may
+    hold at once, so a receiver that hangs ties up at most that many senders while the
+    others keep delivering to everyone else."""
     now = utcnow()
-    rows = session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
-        .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-    ).all()
+    counts = dict(busy or {})
+    full = [ep for ep, n in counts.items() if per_endpoint is not None and n >= per_endpoint]
+    stmt = select(WebhookDelivery.id, WebhookDelivery.next_attempt_at, WebhookDelivery.endpoint_id).where(
+        WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now
+    )
+    if full:
+        stmt = stmt.where(WebhookDelivery.endpoint_id.not_in(full))
+    rows = session.execute(stmt.order_by(WebhookDelivery.next_attempt_at).limit(limit * 4)).all()
     lease = now + timedelta(seconds=lease_seconds)
     claimed = []
-    for delivery_id, seen in rows:
+    for delivery_id, seen, endpoint_id in rows:
+        if len(claimed) == limit:
+            break
+        if per_endpoint is not None and counts.get(endpoint_id, 0) >= per_endpoint:
+            continue
         won = session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
@@ -196,10 +210,12 @@ def claim_due(session: Session, *, limit: int, lease_seconds: float) -> list[Due
         ).rowcount
         if won == 1:
             claimed.append(delivery_id)
+            counts[endpoint_id] = counts.get(endpoint_id, 0) + 1
     if not claimed:
         return []
     found = session.execute(
-        select(WebhookDelivery.id, WebhookEndpoint.url, WebhookEndpoint.secret, WebhookDelivery.event_id, WebhookDelivery.payload)
+        select(WebhookDelivery.id, WebhookDelivery.endpoint_id, WebhookEndpoint.url, WebhookEndpoint.secret,
+               WebhookDelivery.event_id, WebhookDelivery.payload)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .where(WebhookDelivery.id.in_(claimed))
     ).all()
