@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     webhook_retry_seconds: float = Field(86400.0, gt=0, description="How long a webhook event is retried")
     webhook_backoff_seconds: float = Field(5.0, gt=0, description="First retry delay; doubles per failed attempt")
     webhook_poll_seconds: float = Field(1.0, gt=0, description="How often each worker looks for due webhook deliveries")
+    webhook_log_retention_seconds: float = Field(
+        30 * 86400.0, gt=0, description="How long finished webhook deliveries stay in the delivery log"
+    )
     work_dir: Path = Field(Path(".tuneforge/work"), description="Scratch space for running jobs")
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,7 @@ from core.services import webhooks
 log = logging.getLogger(__name__)
 
 SENDERS = 8  # concurrent POSTs per worker
+PRUNE_EVERY_SECONDS = 3600.0  # how often a worker drops finished deliveries past their retention
 PER_ENDPOINT = 2  # of which one endpoint may hold at most this many: a hanging receiver cannot starve the rest
 
 
@@ -107,6 +109,13 @@ class Deliverer:
             self.free.release()
             self.finished.set()
 
+    def prune(self) -> None:
+        try:
+            with session_scope(self.engine) as s:
+                webhooks.prune_log(s, older_than_seconds=self.settings.webhook_log_retention_seconds)
+        except Exception:
+            log.exception("pruning the webhook delivery log failed")
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
@@ -118,10 +127,15 @@ def start(settings: Settings, stop: threading.Event, engine: Engine | None = Non
     poll interval."""
     deliverer = Deliverer(settings, engine)
     poll = settings.webhook_poll_seconds
+    next_prune = 0.0
 
     def loop() -> None:
+        nonlocal next_prune
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                    deliverer.prune()
                 deliverer.finished.clear()
                 try:
                     claimed = deliverer.run_once(wait_for_room=poll)

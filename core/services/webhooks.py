@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
@@ -266,3 +266,14 @@ def record_attempt(
     else:
         d.next_attempt_at = now + timedelta(seconds=wait)
     return d
+
+
+def prune_log(session: Session, *, older_than_seconds: float) -> int:
+    """Forget finished deliveries (delivered or given up) older than the retention, so the
+    outbox stays small; pending ones are never pruned. Returns how many rows went."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    return session.execute(
+        delete(WebhookDelivery)
+        .where(WebhookDelivery.status.in_((DELIVERED, FAILED)), WebhookDelivery.created_at < cutoff)
+        .execution_options(synchronize_session=False)
+    ).rowcount

@@ -47,3 +47,20 @@ def test_a_claim_leases_the_row_until_it_runs_out(session):
     d.next_attempt_at = utcnow()
     session.flush()
     assert webhooks.claim_due(session, limit=10, lease_seconds=60) == []  # delivered rows are never sent again
+
+
+def test_finished_deliveries_are_pruned_after_the_retention_pending_ones_never(session):
+    from datetime import timedelta
+
+    team = create_team(session, f"t-{secrets.token_hex(3)}")
+    webhooks.create_endpoint(session, team.id, "http://127.0.0.1:9/hook")
+    for _ in range(3):
+        webhooks.emit(session, team.id, "fine_tuning.job.succeeded", {"id": "ftjob-1"})
+    session.flush()
+    old, recent, pending = session.query(WebhookDelivery).order_by(WebhookDelivery.id).all()
+    old.status, recent.status = "delivered", "failed"
+    old.created_at = pending.created_at = utcnow() - timedelta(days=40)
+    session.flush()
+    assert webhooks.prune_log(session, older_than_seconds=30 * 86400) == 1
+    session.expire_all()
+    assert {d.id for d in session.query(WebhookDelivery)} == {recent.id, pending.id}
