@@ -94,10 +94,11 @@ def test_every_status_change_is_delivered_and_the_sdk_verifies_it(api, receiver,
     with pytest.raises(openai.InvalidWebhookSignatureError):
         SDK.webhooks.unwrap(first.body, first.headers, secret=webhooks.new_secret())
 
-    def log():  # the receiver answers before the deliverer records the outcome
+    def delivery_log():  # the receiver answers before the deliverer records the outcome
         return api.http.get(f"/v1/webhooks/{endpoint_id}/deliveries").json()["data"]
 
-    log = wait_for(lambda: {d["status"] for d in log()} == {"delivered"} and log(), what="the log to show all delivered")
+    log = wait_for(lambda: {d["status"] for d in delivery_log()} == {"delivered"} and delivery_log(),
+                   what="the log to show all delivered")
     assert len(log) == 4
     assert {d["attempts"] for d in log} == {1} and {d["last_status_code"] for d in log} == {200}
     assert {d["event_id"] for d in log} == {e.id for e in events}
