@@ -128,6 +128,13 @@ def test_serve_profile_loads_adapters_at_run_time_from_the_synced_volume():
     assert {k: env_of(sync)[k] for k in shared} == {k: env_of(svc["api"])[k] for k in shared}
 
 
+def test_adapter_sync_writes_where_its_non_root_user_may():
+    """A new named volume takes the ownership of the image directory it is mounted on; a
+    path the image lacks would be root's, and the sync (user tuneforge) could not write."""
+    target = _mounts(services()["adapter-sync"])["adapters"]
+    assert re.search(rf"install -d -o tuneforge -g tuneforge {re.escape(target)}\b", (ROOT / "Dockerfile").read_text())
+
+
 def test_adapter_sync_runs_a_real_command_with_real_options():
     import typer.main
 
