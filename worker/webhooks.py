@@ -117,7 +117,8 @@ class Deliverer:
             log.exception("pruning the webhook delivery log failed")
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Unsent work stays in the outbox; sends under way end within their timeout."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
 

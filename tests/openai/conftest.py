@@ -101,7 +101,7 @@ def deliverer(fast_settings) -> Iterator[None]:
     thread = webhooks.start(fast_settings, stop)
     yield
     stop.set()
-    thread.join(5)
+    thread.join(3 * fast_settings.webhook_timeout_seconds)  # sends under way finish before the database goes
 
 
 def wait_for(predicate, timeout: float = 20, what: str = "condition", poll: float = 0.05):
