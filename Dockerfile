@@ -14,7 +14,8 @@ COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install . \
- && useradd --system --uid 10001 --create-home --home-dir /var/lib/tuneforge tuneforge
+ && useradd --system --uid 10001 --create-home --home-dir /var/lib/tuneforge tuneforge \
+ && install -d -o tuneforge -g tuneforge /var/lib/tuneforge/adapters
 
 USER tuneforge
 EXPOSE 8000

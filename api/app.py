@@ -16,6 +16,8 @@ from api.deps import Services
 from api.dispatch import Dispatcher
 from api.guard import RequestGuard
 from api.routes import downloads, files, jobs, pool, runs, system
+from api.routes import models as model_routes
+from api.routes import webhooks as webhook_routes
 from api.streams import JobStreams
 from core.config import Settings, get_settings
 from core.db import make_engine, session_factory
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (files, jobs, runs, downloads, pool, system):
         app.include_router(module.router)
     install_dashboard(app)
+    app.include_router(webhook_routes.router)
+    app.include_router(model_routes.router)
     return app
 
 

@@ -10,8 +10,9 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field
 from sqlalchemy import Row
 
-from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, Worker, as_utc
+from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, WebhookDelivery, WebhookEndpoint, Worker, as_utc
 from core.services.jobs import event_id
+from core.services.models_catalog import CatalogModel
 from core.services.scheduling import QueueInfo, queue_info
 from core.spec import Hyperparameters, JobSpec
 
@@ -167,7 +168,7 @@ def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
         method={"type": "supervised", "supervised": {"hyperparameters": hp}},
         training_file=job.training_file_id,
         validation_file=job.validation_file_id,
-        result_files=[],
+        result_files=job.result_files or [],
         trained_tokens=job.trained_tokens,
         error=JobError(code=str(err.get("code") or "error"), message=str(err.get("message", "")), param=err.get("param")) if err else None,
         seed=job.seed,
@@ -290,3 +291,78 @@ class ValidationReport(BaseModel):
     spec_hash: str
     token_counts: dict[str, Any] | None
     warnings: list[str]
+
+
+# --- webhooks (extension) and models (OpenAI's model object) ----------------------------------
+
+
+class WebhookCreateRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    url: str
+    events: list[str] | None = None  # None: every event type
+    description: str | None = Field(None, max_length=512)
+
+
+class WebhookEndpointObject(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str] | None
+    description: str | None
+    created_at: int
+    secret: str | None = None  # only in the response that created it
+
+
+def webhook_endpoint_object(ep: WebhookEndpoint, *, with_secret: bool = False) -> WebhookEndpointObject:
+    return WebhookEndpointObject(
+        id=ep.id, url=ep.url, events=ep.events, description=ep.description, created_at=unix(ep.created_at),
+        secret=ep.secret if with_secret else None,
+    )
+
+
+class WebhookDeliveryObject(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    event_id: str
+    event_type: str
+    status: str  # pending | delivered | failed
+    attempts: int
+    created_at: int
+    last_attempt_at: int | None
+    next_attempt_at: int | None
+    delivered_at: int | None
+    last_status_code: int | None
+    last_error: str | None
+
+
+def webhook_delivery_object(d: WebhookDelivery) -> WebhookDeliveryObject:
+    return WebhookDeliveryObject(
+        id=d.id, event_id=d.event_id, event_type=d.event_type, status=d.status, attempts=d.attempts,
+        created_at=unix(d.created_at), last_attempt_at=unix(d.last_attempt_at),
+        next_attempt_at=unix(d.next_attempt_at) if d.status == "pending" else None, delivered_at=unix(d.delivered_at),
+        last_status_code=d.last_status_code, last_error=d.last_error,
+    )
+
+
+class DeletedResource(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # Extensions: a fine-tuned model's base, job and adapter.
+    parent: str | None = None
+    fine_tuning_job_id: str | None = None
+    adapter: dict[str, Any] | None = None
+
+
+def model_object(m: CatalogModel) -> ModelObject:
+    return ModelObject(
+        id=m.id, created=m.created, owned_by=m.owned_by, parent=m.parent, fine_tuning_job_id=m.job_id, adapter=m.adapter
+    )

@@ -96,6 +96,37 @@ def up(
     raise typer.Exit(code=run_up(home, host, port, slots, typer.echo))
 
 
+@app.command("export-adapters")
+def export_adapters(
+    dest: Path = typer.Argument(..., help="The directory vLLM's lora_filesystem_resolver reads (VLLM_LORA_RESOLVER_CACHE_DIR)"),
+    served_base: str = typer.Option(..., help="The name vLLM serves the base model under (its --model)"),
+    base_model: str = typer.Option(None, help="Export only adapters trained on this base (a job's `model`); default: --served-base"),
+    watch: float = typer.Option(0.0, help="Repeat every N seconds, removing deleted models too (0: once)"),
+) -> None:
+    """Lay out fine-tuned adapters as `DEST/<ft:... id>/` for vLLM to load at request time."""
+    import logging
+    import time
+
+    from core.db import get_engine, session_scope
+    from core.services.models_catalog import export_adapters as export
+    from core.storage import get_store
+
+    settings = _settings()
+    engine, store = get_engine(settings.database_url), get_store(settings)
+    while True:
+        try:
+            with session_scope(engine) as s:
+                names = export(s, store, dest, served_base, base_model=base_model or served_base)
+            typer.echo(f"{len(names)} adapter(s) in {dest}")
+        except Exception:
+            if not watch:
+                raise
+            logging.getLogger(__name__).exception("exporting adapters failed; retrying in %ss", watch)
+        if not watch:
+            return
+        time.sleep(watch)
+
+
 admin = typer.Typer(no_args_is_help=True, help="Teams and API keys")
 app.add_typer(admin, name="admin")
 

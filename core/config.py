@@ -91,6 +91,16 @@ class Settings(DataLimitSettings):
         30.0, gt=0, description="A worker silent for longer is not scheduled on (its leases expire separately)"
     )
     worker_slots: int = Field(1, ge=1)
+
+    # Webhook delivery (worker/webhooks.py): how long one POST may take, how long an event is
+    # retried, the first backoff (doubling up to an hour), and how often each worker looks.
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one webhook POST")
+    webhook_retry_seconds: float = Field(86400.0, gt=0, description="How long a webhook event is retried")
+    webhook_backoff_seconds: float = Field(5.0, gt=0, description="First retry delay; doubles per failed attempt")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="How often each worker looks for due webhook deliveries")
+    webhook_log_retention_seconds: float = Field(
+        30 * 86400.0, gt=0, description="How long finished webhook deliveries stay in the delivery log"
+    )
     work_dir: Path = Field(Path(".tuneforge/work"), description="Scratch space for running jobs")
     model_cache: Path | None = Field(
         None,

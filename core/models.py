@@ -150,6 +150,8 @@ class Job(Base):
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # final eval metrics
+    # OpenAI's `result_files`: ids of the fine-tune-results files written at success (core.services.results).
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow, onupdate=utcnow)
@@ -245,6 +247,48 @@ class Worker(Base):
     # dispatched, start and end (core/services/slot_accounting.py), so the planner reads
     # free slots without loading running jobs.
     used_slots: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class WebhookEndpoint(Base):
+    """A team's webhook receiver. The secret is kept as given (Standard Webhooks signs with
+    HMAC, which needs the key itself, not a hash of it); the API shows it only at creation."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wh"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: every event type
+    description: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per (event, endpoint), inserted in the transaction that made the
+    change, so a rolled-back change sends nothing and a committed one survives any crash.
+    Worker-side delivery loops claim due rows (`next_attempt_at`), send, and record the
+    outcome here; the rows are also the endpoint's delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whdel"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(40))  # the `webhook-id` header: same on every retry
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)  # the exact body, so every attempt sends the same bytes
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
 
 
 class TeamUsage(Base):

@@ -109,3 +109,63 @@ def test_services_use_a_bucket_scoped_minio_user_not_root():
     assert all(a.startswith("s3:") and "*" not in a for a in actions) and "s3:DeleteBucket" not in actions
     script = init["command"][0]
     assert "mc admin user add" in script and "mc admin policy attach local tuneforge-bucket" in script
+
+
+# --- the serving handoff: profile "serve" (vLLM + adapter-sync) ------------------------------
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """volume name -> mount point inside the container."""
+    out = {}
+    for v in service.get("volumes") or []:
+        source, target = v.split(":")[:2]
+        out[source] = target
+    return out
+
+
+def test_serve_profile_is_valid_compose():
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("no docker compose client on this machine")
+    run = subprocess.run([*cmd, "-f", str(COMPOSE), "--profile", "serve", "config", "-q"], cwd=ROOT, capture_output=True,
+                         text=True, check=False, env={**os.environ, **REQUIRED_ENV})
+    assert run.returncode == 0, run.stderr
+
+
+def test_serve_profile_loads_adapters_at_run_time_from_the_synced_volume():
+    svc = services()
+    serve, sync = svc["serve"], svc["adapter-sync"]
+    assert serve["profiles"] == ["serve"] and sync["profiles"] == ["serve"]
+    assert not any("serve" in (s.get("profiles") or []) for name, s in svc.items() if name not in ("serve", "adapter-sync"))
+    assert serve["image"].startswith("vllm/vllm-openai:") and not serve["image"].endswith(":latest")
+    assert "--enable-lora" in serve["command"]
+    env = env_of(serve)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"].lower() in ("true", "1")
+    assert "lora_filesystem_resolver" in env["VLLM_PLUGINS"].split(",")
+    # vLLM reads the very directory adapter-sync writes: the same volume, at the resolver's path.
+    volume = next(v for v, target in _mounts(serve).items() if target == env["VLLM_LORA_RESOLVER_CACHE_DIR"])
+    assert _mounts(sync)[volume] == sync["command"][1]
+    # The resolver only loads adapters whose base equals the model vLLM serves: both name the same one.
+    base = serve["command"][serve["command"].index("--model") + 1]
+    assert sync["command"][sync["command"].index("--served-base") + 1] == base
+    # adapter-sync reads the same database and artifact store as the API.
+    shared = ("TUNEFORGE_DATABASE_URL", "TUNEFORGE_ARTIFACTS_URL", "TUNEFORGE_S3_ENDPOINT_URL")
+    assert {k: env_of(sync)[k] for k in shared} == {k: env_of(svc["api"])[k] for k in shared}
+
+
+def test_adapter_sync_writes_where_its_non_root_user_may():
+    """A new named volume takes the ownership of the image directory it is mounted on; a
+    path the image lacks would be root's, and the sync (user tuneforge) could not write."""
+    target = _mounts(services()["adapter-sync"])["adapters"]
+    assert re.search(rf"install -d -o tuneforge -g tuneforge {re.escape(target)}\b", (ROOT / "Dockerfile").read_text())
+
+
+def test_adapter_sync_runs_a_real_command_with_real_options():
+    import typer.main
+
+    from core.cli import app
+
+    sync = services()["adapter-sync"]["command"]
+    command = typer.main.get_command(app).commands[sync[0]]
+    options = {opt for p in command.params for opt in p.opts}
+    assert {a for a in sync if a.startswith("--")} <= options

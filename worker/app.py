@@ -23,7 +23,7 @@ from core.config import get_settings
 from core.db import get_engine, session_scope
 from core.services.workers import deregister_worker, register_worker, worker_heartbeat
 from core.tasks import worker_queue
-from worker import scheduler
+from worker import scheduler, webhooks
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -117,6 +117,7 @@ def _register(**_kwargs) -> None:
     threading.Thread(target=_heartbeat_loop, daemon=True, name="worker-heartbeat").start()
     threading.Thread(target=_maintenance_loop, daemon=True, name="worker-maintenance").start()
     scheduler.start(app, settings, STOPPING)
+    webhooks.start(settings, STOPPING)  # the outbox's delivery loop, off the jobs' path
     log.info("worker %s registered: %s slot(s), %s GPU(s)", WORKER_ID, settings.worker_slots, gpus)
 
 

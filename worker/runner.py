@@ -33,7 +33,7 @@ from core.config import Settings
 from core.db import get_engine, session_scope
 from core.errors import IllegalTransition, InvalidRequest, StaleAttempt
 from core.models import Job, Team
-from core.services import retention, runs
+from core.services import results, retention, runs
 from core.services.jobs import check_model_use
 from core.states import TERMINAL, JobStatus
 from core.storage import get_store
@@ -361,6 +361,7 @@ class JobRun:
         team_name, latest = with_db_retry(
             self.engine, lambda s: (s.get(Team, self.claim.team_id).name, dict(s.get(Job, self.job_id).latest_metrics or {})))
         name = fine_tuned_model_name(self.claim.spec["model"], team_name, self.claim.spec.get("suffix"), self.job_id)
+        self._write(results.write_results_file, self.store)  # OpenAI's step_metrics.csv, listed in result_files
         self._write(
             runs.finish, S.SUCCEEDED, None, self.result.get("metrics") or {},
             message=f"Job succeeded: {len(uploaded)} artifacts uploaded", fine_tuned_model=name,

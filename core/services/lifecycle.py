@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from core.errors import IllegalTransition, NotFound, StaleAttempt
 from core.models import Job, JobEvent, utcnow
 from core.notify import JOB_CHANGED, PLAN, notify
+from core.services import webhooks
 from core.states import JobStatus, can_transition, is_terminal
 
 
@@ -89,4 +90,5 @@ def set_job_status(
     if new is JobStatus.QUEUED or new is JobStatus.PAUSED or is_terminal(new):
         # A job to place, or a slot freed: wake the planner when this commits.
         notify(session, PLAN, new.value)
+    webhooks.job_status_changed(session, job, old.value, new.value)  # outbox rows, same transaction
     return job

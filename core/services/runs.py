@@ -20,6 +20,7 @@ from core.errors import StaleAttempt
 from core.models import Artifact, Checkpoint, Job, Metric, as_utc, utcnow
 from core.notify import JOB_CHANGED, notify
 from core.services import series
+from core.services import webhooks
 from core.services.lifecycle import add_event, check_fence, lock_job, set_job_status
 from core.states import ACTIVE, JobStatus
 
@@ -142,6 +143,7 @@ def record_checkpoint(
         session.add(ckpt)
     ckpt.attempt, ckpt.spec_hash, ckpt.storage_key, ckpt.metrics = attempt, job.spec_hash, storage_key, metrics or {}
     add_event(session, job, f"Checkpoint saved at step {step}", type="checkpoint", data={"step": step, "metrics": metrics or {}})
+    webhooks.checkpoint_created(session, job, step, metrics)
     return ckpt
 
 

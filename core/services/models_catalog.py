@@ -1,0 +1,172 @@
+"""The models a team can use, as OpenAI's `/v1/models` lists them: the base models this
+deployment allows, and the team's fine-tuned models (`ft:...` ids, one per succeeded job
+whose adapter is still stored).
+
+A fine-tuned model exists exactly as long as its artifacts do: `delete_model` removes the
+adapter (and the job's checkpoints, which are models too) from the store and the database,
+and the job itself stays as history, the way OpenAI keeps a job after its model is deleted.
+`export_adapters` is the serving handoff: it lays the adapters out in the directory
+structure vLLM's filesystem LoRA resolver loads from at request time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.errors import InvalidRequest, NotFound
+from core.models import Artifact, Checkpoint, Job, as_utc
+from core.states import JobStatus
+
+FT_PREFIX = "ft:"
+ADAPTER_DIR = "adapter/"  # artifact names of the PEFT adapter directory (core.training.artifacts)
+ADAPTER_ARCHIVE = "adapter.tar.gz"
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    id: str
+    created: int
+    owned_by: str
+    parent: str | None = None
+    job_id: str | None = None
+    adapter: dict[str, Any] | None = None
+
+
+# --- base models ----------------------------------------------------------------------------
+
+
+def _local_models(settings: Settings) -> list[CatalogModel]:
+    """Directories with a config.json directly under a model root; their id is the absolute
+    path, which is what a job's `model` takes for a local model."""
+    found = []
+    for root in settings.model_roots:
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and (d / "config.json").is_file():
+                found.append(CatalogModel(id=str(d), created=int(d.stat().st_mtime), owned_by="system"))
+    return found
+
+
+def base_models(settings: Settings) -> list[CatalogModel]:
+    """Exact hub ids of the allowlist (a prefix like `org/` or `org/*` names no one model)
+    and the models inside the model roots."""
+    hub = [
+        CatalogModel(id=a, created=0, owned_by=a.split("/", 1)[0])
+        for a in settings.model_allowlist if not a.endswith(("/", "*"))
+    ]
+    return hub + _local_models(settings)
+
+
+# --- fine-tuned models ------------------------------------------------------------------------
+
+
+def _has_artifacts():
+    return exists().where(Artifact.job_id == Job.id)
+
+
+def _fine_tuned_query(team_id: str):
+    return select(Job).where(
+        Job.team_id == team_id, Job.status == JobStatus.SUCCEEDED.value, Job.fine_tuned_model.is_not(None), _has_artifacts()
+    )
+
+
+def _adapter_info(session: Session, job: Job) -> dict[str, Any]:
+    arts = session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all()
+    archive = next((a for a in arts if a.name == ADAPTER_ARCHIVE), None)
+    return {
+        "files": sorted(a.name for a in arts if a.name.startswith(ADAPTER_DIR)),
+        "archive": ADAPTER_ARCHIVE if archive else None,
+        "sha256": archive.sha256 if archive else None,
+        "bytes": archive.bytes if archive else None,
+    }
+
+
+def _fine_tuned(session: Session, job: Job) -> CatalogModel:
+    created = job.finished_at or job.created_at
+    return CatalogModel(
+        id=job.fine_tuned_model, created=int(as_utc(created).timestamp()), owned_by=job.team_id, parent=job.model,
+        job_id=job.id, adapter=_adapter_info(session, job),
+    )
+
+
+def list_models(session: Session, settings: Settings, team_id: str) -> list[CatalogModel]:
+    jobs = session.scalars(_fine_tuned_query(team_id).order_by(Job.id.desc())).all()
+    return base_models(settings) + [_fine_tuned(session, j) for j in jobs]
+
+
+def _fine_tuned_job(session: Session, team_id: str, model_id: str) -> Job:
+    job = session.scalars(_fine_tuned_query(team_id).where(Job.fine_tuned_model == model_id)).first()
+    if job is None:
+        raise NotFound(f"The model {model_id!r} does not exist or you do not have access to it", param="model")
+    return job
+
+
+def get_model(session: Session, settings: Settings, team_id: str, model_id: str) -> CatalogModel:
+    if model_id.startswith(FT_PREFIX):
+        return _fine_tuned(session, _fine_tuned_job(session, team_id, model_id))
+    for m in base_models(settings):
+        if m.id == model_id:
+            return m
+    raise NotFound(f"The model {model_id!r} does not exist or you do not have access to it", param="model")
+
+
+def delete_model(session: Session, store, team_id: str, model_id: str) -> Job:
+    """Remove a fine-tuned model's adapter, artifacts and checkpoints (rows and stored
+    objects). Base models are the deployment's, not a team's: refused."""
+    if not model_id.startswith(FT_PREFIX):
+        raise InvalidRequest(f"only fine-tuned models ({FT_PREFIX}...) can be deleted; {model_id!r} is a base model", param="model")
+    job = _fine_tuned_job(session, team_id, model_id)
+    for row in session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all():
+        session.delete(row)
+    for row in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)).all():
+        session.delete(row)
+    session.flush()
+    # Rows first, then bytes: if deleting objects fails, the model is already gone from the
+    # API and the orphaned objects are harmless; the reverse would list a model without weights.
+    store.delete_prefix(f"jobs/{job.id}/artifacts")
+    store.delete_prefix(f"jobs/{job.id}/checkpoints")
+    return job
+
+
+# --- the serving handoff ----------------------------------------------------------------------
+
+
+def export_adapters(session: Session, store, dest: Path, served_base: str, *, base_model: str | None = None) -> list[str]:
+    """Mirror every fine-tuned model of `base_model` (default: all) into `dest/<ft id>/`, as
+    vLLM's `lora_filesystem_resolver` expects: a directory named as the requested model,
+    holding adapter_config.json whose `base_model_name_or_path` equals the name vLLM serves
+    the base under (`served_base`). Directories of models that no longer exist are removed.
+    Returns the model ids now exported."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stmt = select(Job).where(Job.status == JobStatus.SUCCEEDED.value, Job.fine_tuned_model.is_not(None), _has_artifacts())
+    if base_model is not None:
+        stmt = stmt.where(Job.model == base_model)
+    wanted: dict[str, str] = {j.fine_tuned_model: j.id for j in session.scalars(stmt)}
+    for name, job_id in wanted.items():
+        target = dest / name
+        if (target / "adapter_config.json").is_file():
+            continue
+        staging = dest / f".partial-{job_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        store.download_dir(f"jobs/{job_id}/artifacts/adapter", staging)
+        config_path = staging / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = served_base
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        target.parent.mkdir(parents=True, exist_ok=True)  # a hub base's "/" nests the name
+        staging.rename(target)  # vLLM sees the whole adapter or none of it
+    for config in list(dest.rglob("adapter_config.json")):
+        name = config.parent.relative_to(dest).as_posix()
+        if name.startswith(FT_PREFIX) and name not in wanted:
+            shutil.rmtree(config.parent, ignore_errors=True)
+    return sorted(wanted)
