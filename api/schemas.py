@@ -148,6 +148,14 @@ def _openai_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
     return hp
 
 
+def _method(spec: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method` object: a DPO job's hyperparameters carry its beta."""
+    method = spec.get("method") or {}
+    if method.get("type") == "dpo":
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hp, **(method.get("dpo") or {})}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+
+
 def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
     """Built from the stored row as it is: the spec was validated when the job was created,
     and validating it again per row per poll would cost most of a list request (and turn a
@@ -165,7 +173,7 @@ def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
         organization_id=job.team_id,
         status=job.status,
         hyperparameters=hp,
-        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        method=_method(spec, hp),
         training_file=job.training_file_id,
         validation_file=job.validation_file_id,
         result_files=job.result_files or [],

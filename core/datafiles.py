@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Format = Literal["messages", "prompt_completion", "template-needed"]
+Format = Literal["messages", "prompt_completion", "preference", "template-needed"]
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _ROLES = ("system", "user", "assistant")
@@ -117,6 +117,8 @@ def scan(path: str | Path, limits: Limits | None = None) -> Summary:
             fmt = detect_format([row])
         if fmt == "messages":
             check_messages(row.get("messages"), index)
+        elif fmt == "preference":
+            check_preference(row, index)
         for k in row:
             seen.setdefault(k, None)
         count += 1
@@ -329,13 +331,16 @@ def validation_rows(row_count: int, split: float) -> int:
 
 
 def detect_format(rows: list[dict[str, Any]]) -> Format:
-    """What the rows already are: chat `messages`, `prompt`/`completion`, or neither.
+    """What the rows already are: chat `messages`, `prompt`/`completion`, preference pairs
+    (OpenAI's DPO format: `input`, `preferred_output`, `non_preferred_output`), or neither.
 
     Decided on the first row; `scan` then verifies every row has that shape.
     """
     if not rows:
         raise DataFileError("no rows")
     first = rows[0]
+    if "preferred_output" in first or "non_preferred_output" in first:
+        return "preference"
     if "messages" in first:
         return "messages"
     if "prompt" in first and "completion" in first:
@@ -345,17 +350,50 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
 
 def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
     """A `messages` value as a list of {role, content}; ends with an assistant turn."""
-    if not isinstance(messages, list) or not messages:
-        raise DataFileError(f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects")
-    out: list[dict[str, str]] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataFileError(f"row {index}: messages[{i}] must be an object with 'role' and 'content'")
-        if m["role"] not in _ROLES:
-            raise DataFileError(f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}")
-        if not isinstance(m["content"], str):
-            raise DataFileError(f"row {index}: messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+    out = _message_list(messages, index, "messages")
     if out[-1]["role"] != "assistant":
         raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
     return out
+
+
+def _message_list(messages: Any, index: int, where: str) -> list[dict[str, str]]:
+    """A list of {role, content} messages, each checked; `where` names it in errors."""
+    if not isinstance(messages, list) or not messages:
+        raise DataFileError(f"row {index}: '{where}' must be a non-empty list of {{role, content}} objects")
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataFileError(f"row {index}: {where}[{i}] must be an object with 'role' and 'content'")
+        if m["role"] not in _ROLES:
+            raise DataFileError(f"row {index}: {where}[{i}] has role {m['role']!r}; expected one of {_ROLES}")
+        if not isinstance(m["content"], str):
+            raise DataFileError(f"row {index}: {where}[{i}].content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def check_preference(row: dict[str, Any], index: int) -> tuple[list[dict[str, str]], str, str]:
+    """An OpenAI preference row as (prompt messages, preferred text, non-preferred text).
+
+    `input.messages` is the conversation so far and ends with the user's turn; each output is
+    a list of exactly one assistant message (OpenAI's DPO is single-turn), and the two differ:
+    a pair with nothing to prefer teaches nothing."""
+    inp = row.get("input")
+    if not isinstance(inp, dict) or "messages" not in inp:
+        raise DataFileError(f"row {index}: 'input' must be an object with 'messages' (the conversation before the answer)")
+    prompt = _message_list(inp["messages"], index, "input.messages")
+    if prompt[-1]["role"] != "user":
+        raise DataFileError(f"row {index}: the last message of input.messages must be the user's (the outputs answer it)")
+    answers = []
+    for key in ("preferred_output", "non_preferred_output"):
+        if key not in row:
+            raise DataFileError(f"row {index}: '{key}' is missing (a preference row has input, preferred_output and non_preferred_output)")
+        out = _message_list(row[key], index, key)
+        if len(out) != 1 or out[0]["role"] != "assistant":
+            raise DataFileError(f"row {index}: '{key}' must be a list of exactly one assistant message (one turn)")
+        if not out[0]["content"].strip():
+            raise DataFileError(f"row {index}: {key}[0].content is empty")
+        answers.append(out[0]["content"])
+    if answers[0] == answers[1]:
+        raise DataFileError(f"row {index}: preferred_output and non_preferred_output are the same text")
+    return prompt, answers[0], answers[1]

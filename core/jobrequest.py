@@ -76,10 +76,28 @@ class SupervisedRequest(BaseModel):
     hyperparameters: HyperparametersRequest | None = None
 
 
+class DpoHyperparametersRequest(HyperparametersRequest):
+    """The supervised knobs plus DPO's `beta` ("auto": our default)."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=2.0)] | None = None
+
+    def to_spec_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_spec_fields().items() if k != "beta"}
+
+    def dpo_fields(self) -> dict[str, Any]:
+        return {} if self.beta in (None, "auto") else {"beta": self.beta}
+
+
+class DpoRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    hyperparameters: DpoHyperparametersRequest | None = None
+
+
 class MethodRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: Literal["supervised"] = Field(..., description="Only supervised fine-tuning is offered")
+    type: Literal["supervised", "dpo"] = Field(..., description="supervised, or dpo (preference pairs)")
     supervised: SupervisedRequest | None = None
+    dpo: DpoRequest | None = None
 
 
 def _find_nul(value: Any, path: str) -> str | None:
@@ -141,12 +159,26 @@ class JobCreateRequest(BaseModel):
         sup = self.method.supervised if self.method else None
         if self.hyperparameters is not None and sup is not None and sup.hyperparameters is not None:
             raise ValueError("give hyperparameters either at the top level or in method.supervised, not both")
+        dpo = self.method.dpo if self.method else None
+        if dpo is not None and self.method.type != "dpo":
+            raise ValueError("method.dpo is only allowed with method.type 'dpo'")
+        if self.hyperparameters is not None and dpo is not None and dpo.hyperparameters is not None:
+            raise ValueError("give hyperparameters either at the top level or in method.dpo, not both")
         return self
 
     def effective_hyperparameters(self) -> HyperparametersRequest | None:
+        if self.method and self.method.dpo and self.method.dpo.hyperparameters:
+            return self.method.dpo.hyperparameters
         if self.method and self.method.supervised and self.method.supervised.hyperparameters:
             return self.method.supervised.hyperparameters
         return self.hyperparameters
+
+    def method_spec(self) -> dict[str, Any] | None:
+        """JobSpec.method for a DPO request (None: supervised, the spec's default)."""
+        if not self.method or self.method.type != "dpo":
+            return None
+        hp = self.method.dpo.hyperparameters if self.method.dpo else None
+        return {"type": "dpo", "dpo": hp.dpo_fields() if hp else {}}
 
     def to_spec(self) -> JobSpec:
         """The JobSpec this request asks for; data references stay as given (file ids or hf://)."""
@@ -160,6 +192,8 @@ class JobCreateRequest(BaseModel):
             "trust_remote_code": self.trust_remote_code,
             "merge": self.merge,
         }
+        if (method := self.method_spec()) is not None:
+            raw["method"] = method
         for name in ("validation_file", "revision", "validation_split", "suffix", "seed"):
             if getattr(self, name) is not None:
                 raw[name] = getattr(self, name)

@@ -164,6 +164,35 @@ class ResourcesSpec(_Strict):
     min_gpu_memory_gb: float | None = Field(None, gt=0, le=100_000)
 
 
+class DpoSpec(_Strict):
+    """Direct Preference Optimization (`method.type: dpo`): the policy is the LoRA adapter, the
+    reference the same base model with the adapter disabled."""
+
+    beta: float = Field(
+        0.1, gt=0, le=2.0, description="How far the tuned model may move from the reference (OpenAI's range: 0 < beta <= 2)"
+    )
+
+
+class MethodSpec(_Strict):
+    """What the job trains on: `supervised` (chat / prompt-completion rows, the default) or `dpo`
+    (preference pairs: `input`, `preferred_output`, `non_preferred_output`)."""
+
+    type: Literal["supervised", "dpo"] = "supervised"
+    dpo: DpoSpec | None = None
+
+    @model_validator(mode="after")
+    def _settings_match_type(self) -> MethodSpec:
+        if self.type != "dpo" and self.dpo is not None:
+            raise ValueError("method.dpo is only allowed with method.type 'dpo'")
+        if self.type == "dpo" and self.dpo is None:
+            self.dpo = DpoSpec()
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self.type == "supervised"
+
+
 DataRef = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
@@ -185,6 +214,7 @@ class JobSpec(_Strict):
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     trust_remote_code: bool = False
     merge: bool = Field(False, description="Also write the adapter merged into a bf16/fp16 base")
+    method: MethodSpec = Field(default_factory=MethodSpec)
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
@@ -204,7 +234,12 @@ class JobSpec(_Strict):
         return cls.model_validate(raw)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The spec as sorted JSON. A supervised `method` (the default) is left out, so that a
+        spec written before methods existed keeps its hash (and its checkpoints resume)."""
+        dumped = self.model_dump(mode="json")
+        if self.method.is_default:
+            dumped.pop("method")
+        return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """Hash of what determines the training trajectory (resume only matches the same hash)."""

@@ -85,7 +85,9 @@ def check_model_use(settings: Settings, spec: dict) -> None:
         raise InvalidRequest("trust_remote_code is not allowed on this server", param="trust_remote_code")
 
 
-def _check_data(session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec) -> File | None:
+def _check_data(
+    session: Session, settings: Settings, team_id: str, ref: str, param: str, template: TemplateSpec, method: str = "supervised"
+) -> File | None:
     if ref.startswith(HUB_DATA_PREFIX):
         if not settings.allow_hub_datasets:
             raise InvalidRequest(f"{param}: hub datasets ({HUB_DATA_PREFIX}...) are not allowed on this server", param=param)
@@ -95,8 +97,24 @@ def _check_data(session: Session, settings: Settings, team_id: str, ref: str, pa
             raise InvalidRequest(f"{param}: {e}", param=param) from None
         return None  # columns unknown until the worker fetches it (and checks its rows like an upload)
     f = get_file(session, team_id, ref, param=param)
+    check_method_data(f, method, param)
     check_template_columns(f, template)
     return f
+
+
+def check_method_data(f: File, method: str, param: str) -> None:
+    """DPO trains on preference rows and only on them; other methods never on them."""
+    preference = detect_format([dict.fromkeys(f.columns)]) == "preference"
+    if method == "dpo" and not preference:
+        raise InvalidRequest(
+            f"{param}: method 'dpo' needs preference rows (input, preferred_output, non_preferred_output); "
+            f"file {f.id} has columns {f.columns}",
+            param=param,
+        )
+    if method != "dpo" and preference:
+        raise InvalidRequest(
+            f"{param}: file {f.id} holds preference pairs; train on it with method {{type: 'dpo'}}", param=param
+        )
 
 
 def check_template_columns(f: File, template: TemplateSpec) -> None:
@@ -127,7 +145,7 @@ def check_request(session: Session, settings: Settings, team_id: str, request: J
     """Everything the API can check without a worker; used by create and by the dry run."""
     spec = request.to_spec()
     check_model_use(settings, {"model": spec.model, "revision": spec.revision, "trust_remote_code": spec.trust_remote_code})
-    train = _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template)
+    train = _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template, spec.method.type)
     if train is not None and not spec.validation_file and spec.validation_split > 0:
         if validation_rows(train.row_count, spec.validation_split) >= train.row_count:
             raise InvalidRequest(
@@ -135,7 +153,7 @@ def check_request(session: Session, settings: Settings, team_id: str, request: J
                 param="validation_split",
             )
     if spec.validation_file:
-        _check_data(session, settings, team_id, spec.validation_file, "validation_file", spec.template)
+        _check_data(session, settings, team_id, spec.validation_file, "validation_file", spec.template, spec.method.type)
     return spec
 
 

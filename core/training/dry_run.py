@@ -24,8 +24,9 @@ def estimated_steps(spec: JobSpec, n_train: int) -> int:
 def dry_run(spec: JobSpec) -> dict:
     from core.training.data import prepare
     from core.training.model import load_tokenizer
+    from core.training.preference import prepare_pairs
 
-    data = prepare(spec, load_tokenizer(spec))
+    data = (prepare_pairs if spec.method.type == "dpo" else prepare)(spec, load_tokenizer(spec))
     data.require_training_rows()
     return {
         **data.report,

@@ -41,7 +41,9 @@ def run(
     from core.training import artifacts
     from core.training.data import prepare
     from core.training.distributed import is_main_process
+    from core.training.dpo import DPO_LOGGED_KEYS, build_dpo_trainer, evaluate_pairs
     from core.training.evaluate import evaluate
+    from core.training.preference import prepare_pairs
     from core.training.model import compute_dtype, device, load_model, load_tokenizer, real_dtypes
     from core.training.trainer import (
         ReportingCallback,
@@ -59,9 +61,10 @@ def run(
     metrics_path = out / "metrics.jsonl"
     set_seed(spec.seed)
 
+    dpo = spec.method.type == "dpo"
     reporter.phase("preparing_data")
     tokenizer = load_tokenizer(spec)
-    data = prepare(spec, tokenizer)
+    data = prepare_pairs(spec, tokenizer) if dpo else prepare(spec, tokenizer)
     if main:  # written first: when no row is usable, this report is what says why
         artifacts.write_json(out / "dataset_report.json", data.report)
     reporter.event("info", "dataset prepared", data.report)
@@ -84,10 +87,14 @@ def run(
     elif main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh series
 
-    callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
-    trainer = build_trainer(
-        spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
-    )
+    if dpo:  # preference pairs (core/training/dpo.py); the rest of the run is the same
+        callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path, DPO_LOGGED_KEYS)
+        trainer = build_dpo_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
+    else:
+        callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
+        trainer = build_trainer(
+            spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
+        )
     callback.accelerator = trainer.accelerator
     if main:  # after the trainer is built: the dtypes it really trains in, not the requested one
         artifacts.write_spec(
@@ -109,9 +116,12 @@ def run(
         return RunResult("succeeded", out, step, resumed_from=resume)
 
     reporter.phase("evaluating")
-    report = evaluate(
-        spec, model, tokenizer, data.eval, data.terminator[1], should_stop, data.empty_cause("validation")
-    )
+    if dpo:
+        report = evaluate_pairs(spec, model, tokenizer.pad_token_id, data.eval)
+    else:
+        report = evaluate(
+            spec, model, tokenizer, data.eval, data.terminator[1], should_stop, data.empty_cause("validation")
+        )
     if should_stop() == "cancel":
         return RunResult("cancelled", out, step, report["metrics"], resumed_from=resume)
     report["global_step"] = step

@@ -37,9 +37,22 @@ LOGGED_KEYS = (
 def sft_config(
     spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool
 ) -> SFTConfig:
+    return SFTConfig(
+        **training_args(spec, checkpoints_dir, dtype, has_eval),
+        dataset_kwargs={
+            "skip_prepare_dataset": True
+        },  # we tokenized and masked already
+        max_length=None,
+    )
+
+
+def training_args(
+    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool
+) -> dict:
+    """The `TrainingArguments` every method shares (SFT and DPO configs add their own)."""
     hp, ev = spec.hyperparameters, spec.evaluation
     on_cpu = not torch.cuda.is_available()
-    return SFTConfig(
+    return dict(
         output_dir=str(checkpoints_dir),
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
@@ -72,10 +85,6 @@ def sft_config(
         # one (measured). The seeded random sampler resumes onto the same trajectory.
         train_sampling_strategy="random",
         remove_unused_columns=False,
-        dataset_kwargs={
-            "skip_prepare_dataset": True
-        },  # we tokenized and masked already
-        max_length=None,
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=not on_cpu,
@@ -207,7 +216,9 @@ class ReportingCallback(TrainerCallback):
         should_stop: Callable[[], str | None],
         spec_hash: str,
         metrics_path: Path,
+        keys: tuple[str, ...] = LOGGED_KEYS,
     ):
+        self.keys = keys  # the training-log keys that become metrics (DPO adds its rewards)
         self.reporter = reporter
         self.should_stop = should_stop
         self.spec_hash = spec_hash
@@ -221,7 +232,7 @@ class ReportingCallback(TrainerCallback):
             return
         logs = logs or {}
         if "loss" in logs:
-            values = {k: logs[k] for k in LOGGED_KEYS if k in logs}
+            values = {k: logs[k] for k in self.keys if k in logs}
             values.update(step=state.global_step, total_steps=state.max_steps)
         elif "eval_loss" in logs:
             values = {k: v for k, v in logs.items() if k.startswith("eval_")}
