@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -207,6 +208,31 @@ def pg_engine(pg_url):
 def db_session(pg_session) -> Session:
     """The session service tests use (tests/store overrides it to run on SQLite too)."""
     return pg_session
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """One migrated SQLite file; each test gets a copy (cheaper than migrating each time)."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade_head(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_db(request, tmp_path, sqlite_template):
+    """A session on each database the service supports: PostgreSQL (deployments; rolled back
+    per test) and a fresh copy of a migrated SQLite file (the embedded default)."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("pg_session")
+        return
+    from core.db import make_engine
+
+    path = tmp_path / "tuneforge.db"
+    shutil.copy(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
 
 
 @pytest.fixture

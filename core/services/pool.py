@@ -1,11 +1,12 @@
 """The worker pool as one team may see it: workers, each team's share against the slot-time
 it used, and the waiting queue in dispatch order.
 
-Built from scheduling's own functions (`live_workers`, `team_loads`, the waiting list and
-its fair-share key), so the page shows the order the scheduler will actually follow.
-Scoped like every other read: the caller's jobs appear with ids, model and suffix; any
-other team's jobs only as counts (a run of N queued jobs, N running on a worker), and
-other teams only as anonymous labels — never ids or names.
+Read from what the planner maintains (core/services/planner.py): the workers' `used_slots`,
+the fair-share loads it ranks by (`team_loads`), and the queue positions it writes on the
+waiting jobs each tick, so the page shows the order the scheduler will actually follow and
+costs no ranking of its own. Scoped like every other read: the caller's jobs appear with
+ids, model and suffix; any other team's jobs only as counts (a run of N queued jobs, N
+running on a worker), and other teams only as anonymous labels — never ids or names.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Job, Team, Worker, as_utc, utcnow
-from core.services import scheduling
+from core.services import planner
 from core.states import ACTIVE
 
 
@@ -66,39 +67,39 @@ class PoolView:
     teams: list[TeamShare] = field(default_factory=list)
     queue: list[QueueEntry] = field(default_factory=list)
     waiting_total: int = 0
-    window_hours: float = scheduling.USAGE_WINDOW.total_seconds() / 3600
+    window_hours: float = planner.USAGE_WINDOW.total_seconds() / 3600
 
 
-def dispatch_order(session: Session, now: datetime) -> tuple[list[Job], dict[str, scheduling.TeamLoad]]:
-    """Waiting jobs in the order `plan` hands out slots (fair share, then priority, then
-    age) — the same key `explain` ranks a job by."""
-    loads = scheduling.team_loads(session, now)
-    waiting = scheduling._waiting(session)
-    waiting.sort(key=lambda j: (*loads[j.team_id].key(scheduling.slots_needed(j)), -j.priority, j.created_at, j.id))
-    return waiting, loads
+def dispatch_order(session: Session) -> list[Job]:
+    """Waiting jobs in the order the planner ranked them at its last tick (the positions it
+    stored), then the ones it has not ranked yet (beyond each team's head of line, or newer
+    than the last tick) by priority and age."""
+    waiting = select(Job).where(Job.status == "queued", Job.worker_id.is_(None))
+    return list(session.scalars(waiting.order_by(Job.queue_position.is_(None), Job.queue_position, Job.priority.desc(), Job.created_at, Job.id)))
 
 
 def pool_view(session: Session, team_id: str, heartbeat_timeout: timedelta, now: datetime | None = None) -> PoolView:
     now = now or utcnow()
     view = PoolView()
-    capacity = {w.id: w for w in scheduling.live_workers(session, now, heartbeat_timeout)}
+    live_since = now - heartbeat_timeout
     running = session.execute(
         select(Job.id, Job.team_id, Job.worker_id).where(Job.worker_id.is_not(None), Job.status.in_([s.value for s in ACTIVE]))
     ).all()
     for w in session.scalars(select(Worker).order_by(Worker.hostname, Worker.id)).all():
-        live = w.id in capacity
+        live = w.active and as_utc(w.last_heartbeat) >= live_since
         if not w.active and not live:
             continue  # retired workers are history, not the pool
         on_it = [r for r in running if r.worker_id == w.id]
         view.workers.append(PoolWorker(
             id=w.id, hostname=w.hostname, gpus=w.gpus, gpu_name=w.gpu_name, gpu_memory_gb=w.gpu_memory_gb, slots=w.slots,
-            used_slots=capacity[w.id].used if live else 0,
+            used_slots=w.used_slots if live else 0,
             my_running_job_ids=[r.id for r in on_it if r.team_id == team_id],
             other_running_jobs=sum(1 for r in on_it if r.team_id != team_id),
             last_heartbeat=as_utc(w.last_heartbeat), stale=not live,
         ))
 
-    waiting, loads = dispatch_order(session, now)
+    waiting = dispatch_order(session)
+    loads = planner.team_loads(session, now, planner.typical_job_seconds(session, now))
     view.waiting_total = len(waiting)
     for i, job in enumerate(waiting, start=1):
         if job.team_id == team_id:

@@ -9,7 +9,7 @@ import pytest
 
 from core.models import utcnow
 from core.services.pool import dispatch_order, pool_view
-from core.services.scheduling import plan
+from core.services.planner import plan
 from tests.scheduling.test_scheduling import job, team, worker
 
 TIMEOUT = timedelta(seconds=60)
@@ -54,11 +54,13 @@ def test_other_teams_appear_only_as_counts(db):
 
 
 def test_queue_positions_follow_the_schedulers_order(db):
-    a, b = team(db, "order-A"), team(db, "order-B")
+    a, b, c = team(db, "order-A"), team(db, "order-B"), team(db, "order-C")
     worker(db, "w1", slots=1)
+    busy = running(db, job(db, c), "w1")  # no free slot: the tick only ranks
     a_jobs = [job(db, a) for _ in range(3)]
     b_job = job(db, b, priority=5)
-    order, _loads = dispatch_order(db, utcnow())
+    assert plan(db) == []
+    order = dispatch_order(db)
     mine = {j.id for j in (*a_jobs, b_job)}
     ours = [j.id for j in order if j.id in mine]
     # Neither team has used the pool: fair share ties, and B's priority goes first.
@@ -66,5 +68,7 @@ def test_queue_positions_follow_the_schedulers_order(db):
     view = pool_view(db, a.id, TIMEOUT)
     positions = {q.job_id: q.position for q in view.queue if q.job_id}
     assert positions[a_jobs[0].id] < positions[a_jobs[1].id] < positions[a_jobs[2].id]
-    # And the first job plan() hands out is the head of that order.
+    # And the first job plan() hands out once the slot frees is the head of that order.
+    busy.status, busy.worker_id = "succeeded", None
+    db.flush()
     assert plan(db)[0].job_id == order[0].id
