@@ -112,7 +112,7 @@ def test_cancel_pause_resume_transitions(api, model_dir, messages, run_as_worker
         ({"validation_file": "file-nope"}, 404, "validation_file", "file-nope"),
         ({"training_file": "hf://datasets/owner/name"}, 400, "training_file", "hub datasets"),
         ({"template": {"prompt": "{x.__class__}", "completion": "{summary}"}}, 422, "template.prompt", "not allowed"),
-        ({"method": {"type": "dpo"}}, 422, "method.type", ""),
+        ({"method": {"type": "reinforcement"}}, 422, "method.type", ""),
     ],
 )
 def test_bad_specs_name_the_field(api, model_dir, change, status, param, needle):
