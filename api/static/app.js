@@ -9,6 +9,9 @@
   const CHARTS = [
     ["loss", "Training loss"], ["eval_loss", "Eval loss"], ["learning_rate", "Learning rate"],
     ["grad_norm", "Grad norm"], ["tokens_per_second", "Tokens / s"],
+    // DPO jobs' series (shown only when the job has them)
+    ["rewards_margin", "Reward margin (chosen - rejected)", true], ["preference_accuracy", "Preference accuracy", true],
+    ["rewards_chosen", "Reward, preferred", true], ["rewards_rejected", "Reward, non-preferred", true],
   ];
   const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];
   const main = document.getElementById("main");
@@ -312,8 +315,9 @@
     let zoom = null;  // [from, to] or null
     let syncing = false;
     const width = () => Math.max(200, (container.querySelector(".chart") || container).clientWidth - 18);
-    for (const [key, title] of CHARTS) {
-      const box = h("div", { class: "chart", dataset: { metric: key, points: "0" } }, h("h3", {}, title));
+    for (const [key, title, optional] of CHARTS) {
+      const box = h("div", { class: "chart", dataset: { metric: key, points: "0" }, hidden: !!optional }, h("h3", {}, title));
+      box.optional = !!optional;
       container.append(box);
       const plot = new uPlot({
         width: 400, height: 180,
@@ -339,6 +343,7 @@
           if (typeof v === "number") { xs.push(s); ys.push(v); }
         }
         box.dataset.points = String(xs.length);
+        if (box.optional) box.hidden = xs.length === 0;
         plot.setData([xs, ys], !zoom);
         if (zoom) plot.setScale("x", { min: zoom[0], max: zoom[1] });
       }
