@@ -143,6 +143,9 @@ class JobCreateRequest(BaseModel):
     priority: int = Field(0, ge=-100, le=100, description="Higher runs earlier within a team's share")
     trust_remote_code: bool = False
     merge: bool = False
+    from_checkpoint: str | None = Field(
+        None, min_length=1, max_length=200, description="Start from this job's adapter (ftjob-...) or checkpoint (ftckpt-...)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -194,7 +197,7 @@ class JobCreateRequest(BaseModel):
         }
         if (method := self.method_spec()) is not None:
             raw["method"] = method
-        for name in ("validation_file", "revision", "validation_split", "suffix", "seed"):
+        for name in ("validation_file", "revision", "validation_split", "suffix", "seed", "from_checkpoint"):
             if getattr(self, name) is not None:
                 raw[name] = getattr(self, name)
         for name in ("template", "lora", "quantization", "evaluation", "resources"):

@@ -215,6 +215,12 @@ class JobSpec(_Strict):
     trust_remote_code: bool = False
     merge: bool = Field(False, description="Also write the adapter merged into a bf16/fp16 base")
     method: MethodSpec = Field(default_factory=MethodSpec)
+    from_checkpoint: DataRef | None = Field(
+        None,
+        description="Start the LoRA adapter from this one instead of a fresh one: a directory holding a PEFT "
+        "adapter (the API takes a job id or a checkpoint id and the worker fetches it there). The adapter's "
+        "own LoRA settings then apply.",
+    )
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
@@ -234,11 +240,14 @@ class JobSpec(_Strict):
         return cls.model_validate(raw)
 
     def canonical_json(self) -> str:
-        """The spec as sorted JSON. A supervised `method` (the default) is left out, so that a
-        spec written before methods existed keeps its hash (and its checkpoints resume)."""
+        """The spec as sorted JSON. A supervised `method` and an unset `from_checkpoint` (the
+        defaults) are left out, so that a spec written before they existed keeps its hash (and
+        its checkpoints resume)."""
         dumped = self.model_dump(mode="json")
         if self.method.is_default:
             dumped.pop("method")
+        if self.from_checkpoint is None:
+            dumped.pop("from_checkpoint")
         return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:

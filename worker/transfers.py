@@ -27,8 +27,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from core.db import session_scope
+from core.errors import InvalidRequest
 from core.hubdata import check_rows, is_hub_ref, parse_hub_ref
 from core.models import File
+from core.services import start_adapter
 from core.storage import StoredObject
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,12 @@ class Transfers:
                 if f is None or f.team_id != team_id or f.deleted_at is not None:
                     raise InputMissing(f"{key}: file {ref!r} no longer exists")
                 uploads.append((key, f.storage_key, Path("input") / f"{f.id}{Path(f.storage_key).suffix or '.' + f.format}"))
+            start = None
+            if spec.get("from_checkpoint"):
+                try:
+                    start = start_adapter.resolve(s, team_id, spec["from_checkpoint"], spec["model"])
+                except InvalidRequest as e:
+                    raise InputMissing(e.message) from None
         with self._kept_alive() as keeper:
             for key, storage_key, rel in uploads:
                 self.store.get_file(storage_key, root / rel)
@@ -135,6 +143,13 @@ class Transfers:
             for key, ref, rel in hub:
                 self.fetch_hub_dataset(ref, key, root / rel)
                 spec[key] = str(rel if relative else root / rel)
+            if start is not None:  # the adapter to start from, as a PEFT adapter directory
+                rel = Path("input") / "start-adapter"
+                if start.prefix:
+                    self.store.download_dir(start.prefix, root / rel)
+                for name, storage_key in start.files.items():
+                    self.store.get_file(storage_key, root / rel / name)
+                spec["from_checkpoint"] = str(rel if relative else root / rel)
         self._note(keeper)
         return spec
 

@@ -26,6 +26,7 @@ from core.services import series
 from core.services.files import get_file
 from core.services.lifecycle import lock_job, set_job_status
 from core.services.pagination import Page, paginate
+from core.services import start_adapter
 from core.spec import JobSpec, TemplateSpec, template_fields
 from core.states import JobStatus
 
@@ -154,6 +155,8 @@ def check_request(session: Session, settings: Settings, team_id: str, request: J
             )
     if spec.validation_file:
         _check_data(session, settings, team_id, spec.validation_file, "validation_file", spec.template, spec.method.type)
+    if spec.from_checkpoint is not None:
+        start_adapter.resolve(session, team_id, spec.from_checkpoint, spec.model)
     return spec
 
 

@@ -6,6 +6,11 @@ a peft model and no `ref_model`, adds a frozen copy of the adapter as the refere
 a fresh adapter is zero in its B matrices, so that copy is the base exactly and we delete it,
 and TRL then computes the reference with adapters disabled.
 
+A job started from another job's adapter (`from_checkpoint`, e.g. a supervised fine-tune)
+keeps that frozen copy: the reference of DPO is the model it starts from (the SFT model, as
+in the DPO paper), and a LoRA-sized copy is all it costs. It is dropped before the adapter
+is saved.
+
 Per-step metrics keep the names of the metric series (`rewards_chosen`, `rewards_rejected`,
 `rewards_margin`, `preference_accuracy`, `logps_chosen`, `logps_rejected`), reported through
 the same `ReportingCallback` as supervised training, so checkpoints, pause/resume and the
@@ -55,8 +60,9 @@ class PreferenceTrainer(DPOTrainer):
     def __init__(self, *args, **kwargs):
         from core.training.model import upcast_adapter
 
+        started_from_adapter = kwargs.pop("started_from_adapter", False)
         super().__init__(*args, **kwargs)
-        if "ref" in self.model.peft_config:
+        if "ref" in self.model.peft_config and not started_from_adapter:
             self.model.delete_adapter("ref")  # reference = adapter disabled (see module doc)
         upcast_adapter(self.model)  # fp32 master weights (DESIGN §6.9), as in SFT
         self.remove_callback(PrinterCallback)  # progress goes through the Reporter
@@ -98,7 +104,24 @@ def build_dpo_trainer(
         processing_class=tokenizer,
         data_collator=DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id),
         callbacks=list(callbacks),
+        started_from_adapter=spec.from_checkpoint is not None,
     )
+
+
+def reference(model):
+    """A context in which `model` is DPO's reference: the frozen starting adapter when the
+    job started from one, else the base (adapter disabled)."""
+    from trl.trainer.utils import use_adapter
+
+    if "ref" in getattr(model, "peft_config", {}):
+        return use_adapter(model, "ref")
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
+def drop_reference(model) -> None:
+    """Remove the frozen reference adapter, so only the trained one is saved."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
 
 
 @torch.no_grad()
@@ -127,7 +150,8 @@ def pair_logps(model, pairs: list[Pair], pad_token_id: int, batch_size: int) -> 
 def evaluate_pairs(spec: JobSpec, model, pad_token_id: int, pairs: list[Pair], empty_note: str | None = None) -> dict:
     """The DPO eval report: preference accuracy (share of validation pairs whose preferred
     output the model finds more likely) of the base (adapter disabled) and the tuned model,
-    plus the tuned model's implicit-reward accuracy and margin against the base as reference.
+    plus the tuned model's implicit-reward accuracy and margin against DPO's reference (the
+    base, or the adapter the job started from).
     Same top-level shape as the supervised report (`metrics`, `base_metrics`, `comparison`)."""
     if not pairs:
         return {
@@ -141,8 +165,12 @@ def evaluate_pairs(spec: JobSpec, model, pad_token_id: int, pairs: list[Pair], e
     tuned_c, tuned_r = pair_logps(model, pairs, pad_token_id, bs)
     with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
         base_c, base_r = pair_logps(model, pairs, pad_token_id, bs)
+    ref_c, ref_r = base_c, base_r
+    if "ref" in getattr(model, "peft_config", {}):
+        with reference(model):
+            ref_c, ref_r = pair_logps(model, pairs, pad_token_id, bs)
     beta = spec.method.dpo.beta
-    margin = beta * ((tuned_c - base_c) - (tuned_r - base_r))
+    margin = beta * ((tuned_c - ref_c) - (tuned_r - ref_r))
 
     def side(c: torch.Tensor, r: torch.Tensor) -> dict:
         return {"preference_accuracy": float((c > r).float().mean()), "logp_margin": float((c - r).mean())}

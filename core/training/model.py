@@ -4,6 +4,8 @@ and wrap it with LoRA on every linear layer except lm_head (DESIGN §6.4)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from core.spec import JobSpec
@@ -116,10 +118,24 @@ def load_model(spec: JobSpec, dtype: torch.dtype):
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     keep_4bit_layout(model)
+    if spec.from_checkpoint is not None:
+        return _start_adapter(model, spec.from_checkpoint)
     try:
         return get_peft_model(model, lora_config(spec))
     except ValueError as e:
         raise TrainingInputError(f"lora.target_modules: {_first_line(e)}") from None
+
+
+def _start_adapter(model, path: str):
+    """The base with a trainable copy of an existing adapter (`from_checkpoint`)."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise TrainingInputError(f"from_checkpoint: {path} holds no PEFT adapter (adapter_config.json)")
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=True)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise TrainingInputError(f"from_checkpoint: the adapter does not fit this model: {_first_line(e)}") from None
 
 
 def keep_4bit_layout(model) -> None:

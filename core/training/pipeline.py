@@ -41,7 +41,7 @@ def run(
     from core.training import artifacts
     from core.training.data import prepare
     from core.training.distributed import is_main_process
-    from core.training.dpo import DPO_LOGGED_KEYS, build_dpo_trainer, evaluate_pairs
+    from core.training.dpo import DPO_LOGGED_KEYS, build_dpo_trainer, drop_reference, evaluate_pairs
     from core.training.evaluate import evaluate
     from core.training.preference import prepare_pairs
     from core.training.model import compute_dtype, device, load_model, load_tokenizer, real_dtypes
@@ -118,6 +118,7 @@ def run(
     reporter.phase("evaluating")
     if dpo:
         report = evaluate_pairs(spec, model, tokenizer.pad_token_id, data.eval)
+        drop_reference(model)  # only the trained adapter is an artifact
     else:
         report = evaluate(
             spec, model, tokenizer, data.eval, data.terminator[1], should_stop, data.empty_cause("validation")

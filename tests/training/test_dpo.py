@@ -157,3 +157,41 @@ def test_pairs_share_the_prompt_and_end_at_the_terminator(tiny_model_dir, tiny_t
     assert short.train == [] and short.report["dropped_by_reason"] == {"too long": 16}
     with pytest.raises(Exception, match="no usable preference pairs"):
         short.require_training_rows()
+
+
+def test_dpo_from_an_adapter_uses_it_as_start_and_reference(trained, tiny_model_dir, pairs_file, tmp_path):
+    """`from_checkpoint`: the policy starts from the given adapter and DPO's reference is that
+    adapter (frozen), so the first step's loss is log 2 again although the start already
+    prefers the preferred outputs; only the trained adapter is saved."""
+    _, _, first = trained
+    spec = dpo_spec(tiny_model_dir, pairs_file, n_epochs=1, learning_rate=1e-3)
+    spec = spec.model_copy(update={"from_checkpoint": str(first / "adapter")})
+    rep = RecordingReporter()
+    result = run(spec, tmp_path, rep)
+    assert result.status == "succeeded" and result.global_step == 2
+    steps = [v for _, v in rep.steps if "loss" in v]
+    assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    report = json.loads((tmp_path / "eval_report.json").read_text())
+    assert report["metrics"]["preference_accuracy"] == 1.0  # it started from a model that had learned them
+    assert report["base_metrics"]["preference_accuracy"] < 1.0  # (the base had not)
+    assert report["metrics"]["reward_accuracy"] == 1.0  # and moved on from its start
+    assert not (tmp_path / "adapter" / "ref").exists()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_from_checkpoint_that_is_not_an_adapter_is_a_user_error(tiny_model_dir, pairs_file, tmp_path):
+    from core.training.errors import TrainingInputError
+
+    spec = dpo_spec(tiny_model_dir, pairs_file).model_copy(update={"from_checkpoint": str(tmp_path)})
+    with pytest.raises(TrainingInputError, match="from_checkpoint: .* holds no PEFT adapter"):
+        run(spec, tmp_path / "out")
+
+
+def test_supervised_spec_hash_is_unchanged_by_the_new_fields(tiny_model_dir, learn_file):
+    """Specs written before `method` and `from_checkpoint` existed keep their hash, so their
+    checkpoints still resume; a DPO spec hashes differently."""
+    sft = JobSpec(model=str(tiny_model_dir), training_file=str(learn_file))
+    assert "method" not in sft.canonical_json() and "from_checkpoint" not in sft.canonical_json()
+    dpo = sft.model_copy(update={"method": JobSpec.model_fields["method"].annotation(type="dpo")})
+    assert '"method":{"dpo":{"beta":0.1},"type":"dpo"}' in dpo.canonical_json()
+    assert dpo.hash() != sft.hash()
