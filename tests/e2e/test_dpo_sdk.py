@@ -95,3 +95,37 @@ def test_dpo_dry_run_counts_pairs(client):
     report = client.http.post("/v1/fine_tuning/jobs/validate", json=body).json()
     assert report["valid"], report
     assert report["token_counts"]["train_rows"] == len(PAIRS) and report["token_counts"]["method"] == "dpo"
+
+
+def test_dpo_from_a_supervised_job_and_from_its_checkpoint(client):
+    """`from_checkpoint` (an extension, as Together offers): DPO on top of a supervised
+    fine-tune, named by its job id (the final adapter) or by one of its checkpoints."""
+    sft = client.create_job(max_steps=2, every=1)
+    prefs = client.sdk.files.create(file=("prefs.jsonl", jsonl(preference_rows())), purpose="fine-tune")
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}
+    with pytest.raises(openai.BadRequestError, match=f"from_checkpoint: job {sft.id} is (queued|running)") as e:
+        client.sdk.fine_tuning.jobs.create(
+            model=str(client.model), training_file=prefs.id, method=dpo, extra_body={"from_checkpoint": sft.id}
+        )
+    assert e.value.body["param"] == "from_checkpoint"
+    assert client.wait_terminal(sft.id).status == "succeeded"
+    ckpt = client.sdk.fine_tuning.jobs.checkpoints.list(sft.id).data[-1]
+    jobs = [
+        client.sdk.fine_tuning.jobs.create(
+            model=str(client.model), training_file=prefs.id, validation_file=prefs.id, method=dpo,
+            extra_body={"from_checkpoint": ref},
+        )
+        for ref in (sft.id, ckpt.id)
+    ]
+    for job in jobs:
+        done = client.wait_terminal(job.id)
+        assert done.status == "succeeded", done.error
+        first = client.http.get(f"/v1/fine_tuning/jobs/{job.id}/metrics").json()["data"][0]["values"]
+        # The reference is the adapter the job started from: the first step's loss is log 2 (test_dpo.py
+        # shows the same from a start that already prefers the pairs, where a base reference could not).
+        assert first["loss"] == pytest.approx(0.6931, abs=1e-3)
+    for bad, why in (("ftjob-nope", "no fine-tuning job"), ("ftckpt-nope", "no checkpoint"), ("x", "expected a fine-tuning job id")):
+        with pytest.raises(openai.BadRequestError, match=why):
+            client.sdk.fine_tuning.jobs.create(
+                model=str(client.model), training_file=prefs.id, method=dpo, extra_body={"from_checkpoint": bad}
+            )
