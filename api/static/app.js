@@ -10,7 +10,7 @@
     ["loss", "Training loss"], ["eval_loss", "Eval loss"], ["learning_rate", "Learning rate"],
     ["grad_norm", "Grad norm"], ["tokens_per_second", "Tokens / s"],
     // DPO jobs' series (shown only when the job has them)
-    ["rewards_margin", "Reward margin (chosen - rejected)", true], ["preference_accuracy", "Preference accuracy", true],
+    ["rewards_margin", "Reward margin (chosen - rejected)", true], ["reward_accuracy", "Reward accuracy (preferred ranked first)", true],
     ["rewards_chosen", "Reward, preferred", true], ["rewards_rejected", "Reward, non-preferred", true],
   ];
   const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];

@@ -12,7 +12,7 @@ in the DPO paper), and a LoRA-sized copy is all it costs. It is dropped before t
 is saved.
 
 Per-step metrics keep the names of the metric series (`rewards_chosen`, `rewards_rejected`,
-`rewards_margin`, `preference_accuracy`, `logps_chosen`, `logps_rejected`), reported through
+`rewards_margin`, `reward_accuracy`, `logps_chosen`, `logps_rejected`), reported through
 the same `ReportingCallback` as supervised training, so checkpoints, pause/resume and the
 dashboard work unchanged.
 """
@@ -37,7 +37,7 @@ RENAMED = {
     "rewards/chosen": "rewards_chosen",
     "rewards/rejected": "rewards_rejected",
     "rewards/margins": "rewards_margin",
-    "rewards/accuracies": "preference_accuracy",
+    "rewards/accuracies": "reward_accuracy",  # per pair: reward(preferred) > reward(non-preferred)
     "logps/chosen": "logps_chosen",
     "logps/rejected": "logps_rejected",
 }

@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 from tests.e2e.test_dpo_sdk import preference_rows
 from tests.jobdata import jsonl
 
-DPO_CHARTS = ("rewards_margin", "preference_accuracy", "rewards_chosen", "rewards_rejected")
+DPO_CHARTS = ("rewards_margin", "reward_accuracy", "rewards_chosen", "rewards_rejected")
 
 
 def test_dpo_job_page_charts_its_preference_metrics(dashboard, key_a, client_a):

@@ -45,7 +45,7 @@ def test_dpo_job_end_to_end_with_the_sdk(client):
     series = client.http.get(f"/v1/fine_tuning/jobs/{job.id}/metrics").json()["data"]
     train = [p for p in series if "loss" in p["values"]]
     assert [p["step"] for p in train] == [1, 2, 3, 4]
-    for key in ("rewards_chosen", "rewards_rejected", "rewards_margin", "preference_accuracy"):
+    for key in ("rewards_chosen", "rewards_rejected", "rewards_margin", "reward_accuracy"):
         assert key in train[-1]["values"], key
     assert "eval_preference_accuracy" in series[-1]["values"]
 

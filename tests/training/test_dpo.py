@@ -78,11 +78,11 @@ def test_dpo_metrics_per_step(trained):
     steps = [v for _, v in rep.steps if "loss" in v]
     assert [v["step"] for v in steps] == list(range(1, 13))
     for v in steps:
-        assert {"loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "preference_accuracy"} <= set(v)
+        assert {"loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "reward_accuracy"} <= set(v)
         assert v["rewards_margin"] == pytest.approx(v["rewards_chosen"] - v["rewards_rejected"], abs=1e-5)
     # The reference is the base (adapter disabled, B = 0 at the start): step 1's loss is log 2.
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
-    assert steps[-1]["preference_accuracy"] == 1.0 and steps[-1]["loss"] < steps[0]["loss"]
+    assert steps[-1]["reward_accuracy"] == 1.0 and steps[-1]["loss"] < steps[0]["loss"]
     final = [v for _, v in rep.steps if "eval_preference_accuracy" in v]
     assert final and final[-1]["eval_preference_accuracy"] == 1.0
     assert (out / "adapter" / "adapter_config.json").exists()
