@@ -115,10 +115,7 @@ def scan(path: str | Path, limits: Limits | None = None) -> Summary:
     for index, row in enumerate(iter_rows(path, limits)):
         if fmt is None:
             fmt = detect_format([row])
-        if fmt == "messages":
-            check_messages(row.get("messages"), index)
-        elif fmt == "preference":
-            check_preference(row, index)
+        check_row(fmt, row, index)
         for k in row:
             seen.setdefault(k, None)
         count += 1
@@ -346,6 +343,14 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     if "prompt" in first and "completion" in first:
         return "prompt_completion"
     return "template-needed"
+
+
+def check_row(fmt: Format, row: dict[str, Any], index: int) -> None:
+    """The per-row rules of a file whose shape is `fmt` (uploads and hub datasets alike)."""
+    if fmt == "messages":
+        check_messages(row.get("messages"), index)
+    elif fmt == "preference":
+        check_preference(row, index)
 
 
 def check_messages(messages: Any, index: int) -> list[dict[str, str]]:

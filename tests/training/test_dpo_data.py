@@ -52,3 +52,11 @@ def test_missing_side_is_named(tmp_path):
     row = {k: v for k, v in GOOD.items() if k != "non_preferred_output"}
     with pytest.raises(DataFileError, match=r"row 1: 'non_preferred_output' is missing"):
         scan(write(tmp_path, [GOOD, row]))
+
+
+def test_hub_rows_are_held_to_the_same_preference_rules():
+    from core.hubdata import check_rows
+
+    check_rows([GOOD, GOOD], 10)
+    with pytest.raises(DataFileError, match=r"row 1: 'preferred_output' is missing"):
+        check_rows([GOOD, {k: v for k, v in GOOD.items() if k != "preferred_output"}], 10)
