@@ -55,7 +55,9 @@ def dpo_spec(model_dir, data, **hp) -> JobSpec:
 def trained(tiny_model_dir, pairs_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo-run")
     rep = RecordingReporter()
-    result = run(dpo_spec(tiny_model_dir, pairs_file), out, rep)
+    spec = dpo_spec(tiny_model_dir, pairs_file)
+    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"eval_every_steps": 6})})
+    result = run(spec, out, rep)
     return result, rep, out
 
 
@@ -83,6 +85,9 @@ def test_dpo_metrics_per_step(trained):
     # The reference is the base (adapter disabled, B = 0 at the start): step 1's loss is log 2.
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
     assert steps[-1]["reward_accuracy"] == 1.0 and steps[-1]["loss"] < steps[0]["loss"]
+    during = [v for _, v in rep.steps if "eval_loss" in v]  # evaluation.eval_every_steps: 6
+    assert [v["step"] for v in during] == [6, 12]
+    assert {"eval_rewards_margin", "eval_reward_accuracy", "eval_rewards_chosen"} <= set(during[0])
     final = [v for _, v in rep.steps if "eval_preference_accuracy" in v]
     assert final and final[-1]["eval_preference_accuracy"] == 1.0
     assert (out / "adapter" / "adapter_config.json").exists()
