@@ -4,6 +4,7 @@ on a machine without CUDA."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,12 +30,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     settings = settings or get_settings()
     listener = Listener(settings.database_url)  # one per process: SSE streams wait on it
+    hooks: list[tuple[Callable[[], object], Callable[[], object]]] = [(listener.start, listener.stop)]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        listener.start()
+        for start, _stop in hooks:
+            start()
         yield
-        listener.stop()
+        for _start, stop in reversed(hooks):
+            stop()
 
     app = FastAPI(
         title="tuneforge",
@@ -52,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestGuard, sessions=sessions, request_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
     )
-    metrics.install(app, sessions, settings)
+    if (server := metrics.install(app, sessions, settings)) is not None:
+        hooks.append(server)
     for module in (files, jobs, runs, downloads, pool, system):
         app.include_router(module.router)
     install_dashboard(app)

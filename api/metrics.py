@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
@@ -39,7 +40,9 @@ class JobsByStatus:
         yield g
 
 
-def install(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -> None:
+def install(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -> tuple[Callable[[], None], Callable[[], None]] | None:
+    """Request counters + the /metrics route; with TUNEFORGE_METRICS_PORT, returns the (start,
+    stop) of a server of its own for the app's lifespan instead of adding the route."""
     registry = CollectorRegistry()
     requests = Counter("tuneforge_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("tuneforge_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
@@ -66,9 +69,7 @@ def install(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -
                 server.shutdown()
                 server.server_close()
 
-        app.router.on_startup.append(start)
-        app.router.on_shutdown.append(stop)
-        return
+        return start, stop  # run by the app's lifespan (Starlette ignores on_startup once one is set)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

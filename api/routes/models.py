@@ -7,11 +7,12 @@ from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
 from api.deps import Services, current_team, get_session, services
+from api.errors import COMMON, responses
 from api.schemas import DeletedResource, ListObject, ModelObject, list_of, model_object
 from core.models import Team
 from core.services import models_catalog
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=responses(*COMMON))
 
 
 @router.get("", response_model=ListObject[ModelObject])
@@ -20,12 +21,12 @@ def list_models(team: Team = Depends(current_team), session: Session = Depends(g
 
 
 # `:path`: hub ids ("org/name") and local model directories contain slashes.
-@router.get("/{model_id:path}", response_model=ModelObject)
+@router.get("/{model_id:path}", response_model=ModelObject, responses=responses(404))
 def retrieve(model_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session), svc: Services = Depends(services)):
     return model_object(models_catalog.get_model(session, svc.settings, team.id, model_id))
 
 
-@router.delete("/{model_id:path}", response_model=DeletedResource)
+@router.delete("/{model_id:path}", response_model=DeletedResource, responses=responses(404))
 def delete(model_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session), svc: Services = Depends(services)):
     models_catalog.delete_model(session, svc.store, team.id, model_id)
     session.commit()

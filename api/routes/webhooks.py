@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from api.deps import current_team, get_session
+from api.deps import Cursor, current_team, get_session
+from api.errors import COMMON, responses
 from api.schemas import (
     DeletedResource,
     ListObject,
@@ -23,10 +24,10 @@ from api.schemas import (
 from core.models import Team
 from core.services import webhooks
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=responses(*COMMON))
 
 
-@router.post("", response_model=WebhookEndpointObject)
+@router.post("", response_model=WebhookEndpointObject, responses=responses(413))
 def create(body: WebhookCreateRequest, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     ep = webhooks.create_endpoint(session, team.id, body.url, events=body.events, description=body.description)
     session.commit()
@@ -35,7 +36,7 @@ def create(body: WebhookCreateRequest, team: Team = Depends(current_team), sessi
 
 @router.get("", response_model=ListObject[WebhookEndpointObject])
 def list_endpoints(
-    after: str | None = None,
+    after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
@@ -44,22 +45,22 @@ def list_endpoints(
     return list_of([webhook_endpoint_object(ep) for ep in page.data], page.has_more)
 
 
-@router.get("/{webhook_id}", response_model=WebhookEndpointObject)
+@router.get("/{webhook_id}", response_model=WebhookEndpointObject, responses=responses(404))
 def retrieve(webhook_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     return webhook_endpoint_object(webhooks.get_endpoint(session, team.id, webhook_id))
 
 
-@router.delete("/{webhook_id}", response_model=DeletedResource)
+@router.delete("/{webhook_id}", response_model=DeletedResource, responses=responses(404))
 def delete(webhook_id: str, team: Team = Depends(current_team), session: Session = Depends(get_session)):
     ep = webhooks.delete_endpoint(session, team.id, webhook_id)
     session.commit()
     return DeletedResource(id=ep.id, object="webhook_endpoint")
 
 
-@router.get("/{webhook_id}/deliveries", response_model=ListObject[WebhookDeliveryObject])
+@router.get("/{webhook_id}/deliveries", response_model=ListObject[WebhookDeliveryObject], responses=responses(404))
 def deliveries(
     webhook_id: str,
-    after: str | None = None,
+    after: Cursor = None,
     limit: int = Query(20, ge=1, le=100),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),

@@ -12,6 +12,7 @@ structure vLLM's filesystem LoRA resolver loads from at request time.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from core.config import Settings
 from core.errors import InvalidRequest, NotFound
 from core.models import Artifact, Checkpoint, Job, as_utc
 from core.states import JobStatus
+
+log = logging.getLogger(__name__)
 
 FT_PREFIX = "ft:"
 ADAPTER_DIR = "adapter/"  # artifact names of the PEFT adapter directory (core.training.artifacts)
@@ -148,17 +151,23 @@ def export_adapters(session: Session, store, dest: Path, served_base: str, *, ba
     the base under (`served_base`). Directories of models that no longer exist are removed.
     Returns the model ids now exported."""
     dest.mkdir(parents=True, exist_ok=True)
-    stmt = select(Job).where(Job.status == JobStatus.SUCCEEDED.value, Job.fine_tuned_model.is_not(None), _has_artifacts())
+    has_adapter = exists().where(Artifact.job_id == Job.id, Artifact.name == f"{ADAPTER_DIR}adapter_config.json")
+    stmt = select(Job).where(Job.status == JobStatus.SUCCEEDED.value, Job.fine_tuned_model.is_not(None), has_adapter)
     if base_model is not None:
         stmt = stmt.where(Job.model == base_model)
     wanted: dict[str, str] = {j.fine_tuned_model: j.id for j in session.scalars(stmt)}
-    for name, job_id in wanted.items():
+    for name, job_id in list(wanted.items()):
         target = dest / name
         if (target / "adapter_config.json").is_file():
             continue
         staging = dest / f".partial-{job_id}"
         shutil.rmtree(staging, ignore_errors=True)
-        store.download_dir(f"jobs/{job_id}/artifacts/adapter", staging)
+        try:
+            store.download_dir(f"jobs/{job_id}/artifacts/adapter", staging)
+        except NotFound:  # rows without objects (a store restored from an older backup): skip, keep the others
+            log.warning("model %s: its adapter is missing from the store; not exported", name)
+            del wanted[name]
+            continue
         config_path = staging / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = served_base

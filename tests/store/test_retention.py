@@ -83,7 +83,7 @@ class TestHistory:
         running = make_job("running")
         for job in (old, recent, running):
             db_session.add_all([JobEvent(job_id=job.id, type="status", message="s"), JobEvent(job_id=job.id, message="m"),
-                                Metric(job_id=job.id, step=1, values={"loss": 1.0})])
+                                Metric(job_id=job.id, step=1, seq=1, values={"loss": 1.0})])
         db_session.flush()
         assert retention.prune_history(db_session, NOW, 30) == (1, 1)
 
