@@ -129,3 +129,29 @@ def test_dpo_from_a_supervised_job_and_from_its_checkpoint(client):
             client.sdk.fine_tuning.jobs.create(
                 model=str(client.model), training_file=prefs.id, method=dpo, extra_body={"from_checkpoint": bad}
             )
+
+
+def test_dpo_pause_then_resume_through_the_worker(client):
+    """Pause and resume work for DPO jobs as for supervised ones: the worker checkpoints on
+    pause, and the next attempt resumes from that checkpoint to the end."""
+    from tests.e2e.test_jobs import _step
+
+    f = client.sdk.files.create(file=("prefs.jsonl", jsonl(preference_rows())), purpose="fine-tune")
+    hp = {"n_epochs": 100, "max_steps": 12, "batch_size": 1, "gradient_accumulation_steps": 4,
+          "checkpoint_every_steps": 1000}
+    job = client.sdk.fine_tuning.jobs.create(
+        model=str(client.model), training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": hp}}
+    )
+    client.wait(job.id, lambda j: j.status == "running" and (_step(client, j.id) or 0) >= 2, what="step 2")
+    assert client.sdk.fine_tuning.jobs.pause(job.id).status in ("pausing", "paused")
+    paused = client.wait(job.id, lambda j: j.status in ("paused", "failed", "succeeded"), timeout=60, what="paused")
+    assert paused.status == "paused"
+    ckpts = client.sdk.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(ckpts) == 1 and ckpts[0].step_number < 12 and "rewards_margin" in ckpts[0].metrics.to_dict()
+    assert client.sdk.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = client.wait_terminal(job.id)
+    assert done.status == "succeeded", done.error
+    messages = [e.message for e in client.sdk.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert f"Resuming from the checkpoint at step {ckpts[0].step_number}" in messages
+    series = client.http.get(f"/v1/fine_tuning/jobs/{job.id}/metrics").json()["data"]
+    assert [p["step"] for p in series if "loss" in p["values"]] == list(range(1, 13))
