@@ -220,8 +220,14 @@ def check_waiting_quota(session: Session, team_id: str) -> None:
         raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {limit}); wait for some to start")
 
 
-def list_jobs(session: Session, team_id: str, *, after: str | None = None, limit: int = 20) -> Page[Job]:
-    return paginate(session, select(Job).where(Job.team_id == team_id), Job.id, after=after, limit=limit)
+def list_jobs(
+    session: Session, team_id: str, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
+) -> Page[Job]:
+    """`metadata` filters as OpenAI's `metadata[k]=v` query does: every pair must match."""
+    stmt = select(Job).where(Job.team_id == team_id)
+    for key, value in (metadata or {}).items():
+        stmt = stmt.where(Job.metadata_[key].as_string() == value)
+    return paginate(session, stmt, Job.id, after=after, limit=limit)
 
 
 # --- user actions -----------------------------------------------------------------------
