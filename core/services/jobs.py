@@ -306,7 +306,7 @@ def list_events(
     """Newest first like OpenAI; `newest_first=False` suits a client tailing new events."""
     get_job(session, team_id, job_id)
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
-    return paginate(session, stmt, JobEvent.id, after=_event_cursor(after), limit=limit, newest_first=newest_first)
+    return paginate(session, stmt, JobEvent.id, after=_event_cursor(after), limit=limit, newest_first=newest_first, cursor=after)
 
 
 def list_checkpoints(session: Session, team_id: str, job_id: str, *, after: str | None = None, limit: int = 10) -> Page[Checkpoint]:

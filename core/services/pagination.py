@@ -32,11 +32,15 @@ def check_limit(limit: int, maximum: int = MAX_LIMIT) -> int:
     return limit
 
 
-def paginate(session: Session, stmt: Select, id_column: Any, *, after: Any, limit: int, newest_first: bool = True) -> Page:
+def paginate(
+    session: Session, stmt: Select, id_column: Any, *, after: Any, limit: int, newest_first: bool = True, cursor: str | None = None
+) -> Page:
+    """`cursor` is `after` as the client sent it, when the column holds a parsed form of it."""
     check_limit(limit)
     if after is not None:
         if session.scalars(stmt.where(id_column == after).limit(1)).first() is None:
-            raise InvalidRequest(f"after={str(after)[:80]!r} is not the id of an item in this list", param="after")
+            shown = cursor if cursor is not None else str(after)
+            raise InvalidRequest(f"after={shown[:80]!r} is not the id of an item in this list", param="after")
         stmt = stmt.where(id_column < after if newest_first else id_column > after)
     stmt = stmt.order_by(id_column.desc() if newest_first else id_column.asc()).limit(limit + 1)
     rows = list(session.scalars(stmt))
