@@ -343,11 +343,14 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     return "template-needed"
 
 
-def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
-    """A `messages` value as a list of {role, content}; ends with an assistant turn."""
+def check_messages(messages: Any, index: int) -> list[dict[str, Any]]:
+    """A `messages` value as a list of {role, content}; ends with an assistant turn.
+
+    An assistant message may carry OpenAI's `weight` (0 or 1): 0 keeps the turn as context
+    without training on it (core.training.encoding). At least one assistant turn must train."""
     if not isinstance(messages, list) or not messages:
         raise DataFileError(f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects")
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataFileError(f"row {index}: messages[{i}] must be an object with 'role' and 'content'")
@@ -355,7 +358,16 @@ def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
             raise DataFileError(f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}")
         if not isinstance(m["content"], str):
             raise DataFileError(f"row {index}: messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+        turn: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if "weight" in m:
+            if m["role"] != "assistant":
+                raise DataFileError(f"row {index}: messages[{i}].weight is only allowed on assistant messages")
+            if isinstance(m["weight"], bool) or m["weight"] not in (0, 1):
+                raise DataFileError(f"row {index}: messages[{i}].weight must be 0 or 1, got {m['weight']!r}")
+            turn["weight"] = int(m["weight"])
+        out.append(turn)
     if out[-1]["role"] != "assistant":
         raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
+    if all(t.get("weight", 1) == 0 for t in out if t["role"] == "assistant"):
+        raise DataFileError(f"row {index}: every assistant message has weight 0, so the row has nothing to train on")
     return out
