@@ -1,7 +1,8 @@
 """What is kept, and for how long: the one place for every rule that deletes data.
 
 - A finished job keeps its artifacts (adapter, reports) for good, and of its checkpoints
-  only what its team's policy says (default: the newest 2 and the best by eval loss); the
+  only what its team's policy says (default: the newest 2 and the best by eval loss) and
+  the last three end-of-epoch ones (OpenAI keeps those as usable models); the
   others leave the store when the job ends (`prune_checkpoints`, called by the runner).
 - Events and metric points of jobs finished longer ago than
   TUNEFORGE_EVENT_RETENTION_DAYS are deleted (off by default); the job keeps its
@@ -39,11 +40,19 @@ _ID_TIME = re.compile(r"^[a-z]+-([0-9a-f]{14})")
 # --- checkpoints --------------------------------------------------------------------------
 
 
+#: OpenAI keeps the checkpoints of the last three epochs as usable models; so do we, whatever
+#: the team's policy (checkpoints tagged `completed_epoch` by the trainer).
+EPOCH_CHECKPOINTS_KEPT = 3
+
+
 def checkpoints_to_keep(checkpoints: Iterable[tuple[int, dict | None]], keep_last: int, keep_best: bool) -> set[int]:
     """Steps kept of (step, metrics) pairs: the newest `keep_last`, plus the one with the
-    lowest eval loss when `keep_best` (checkpoints without an eval loss never count as best)."""
+    lowest eval loss when `keep_best` (checkpoints without an eval loss never count as best),
+    plus the newest EPOCH_CHECKPOINTS_KEPT end-of-epoch checkpoints."""
     ckpts = sorted(checkpoints, key=lambda c: c[0])
     keep = {step for step, _m in ckpts[len(ckpts) - keep_last:]} if keep_last > 0 else set()
+    epochs = [step for step, m in ckpts if isinstance((m or {}).get("completed_epoch"), int)]
+    keep.update(epochs[-EPOCH_CHECKPOINTS_KEPT:])
     if keep_best:
         scored = [(m["eval_loss"], step) for step, m in ckpts
                   if isinstance((m or {}).get("eval_loss"), (int, float))]

@@ -84,7 +84,9 @@ def run(
     elif main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh series
 
-    callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
+    callback = ReportingCallback(
+        reporter, should_stop, spec.hash(), metrics_path, save_each_epoch=spec.hyperparameters.checkpoint_every_steps is None
+    )
     trainer = build_trainer(
         spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
     )
