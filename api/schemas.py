@@ -83,7 +83,7 @@ class FileObject(BaseModel):
 def file_object(f: File) -> FileObject:
     return FileObject(
         id=f.id, bytes=f.bytes, created_at=unix(f.created_at), filename=f.filename, purpose=f.purpose, status=f.status,
-        format=f.format, row_count=f.row_count, columns=f.columns, sha256=f.sha256,
+        expires_at=unix(f.expires_at), format=f.format, row_count=f.row_count, columns=f.columns, sha256=f.sha256,
     )
 
 

@@ -267,3 +267,58 @@ def test_job_request_bodies_we_accept_are_openais(api, model_dir):
     }
     assert_matches("CreateFineTuningJobRequest", body)
     assert problems("CreateFineTuningJobRequest", {**body, "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 51}}}})
+
+
+def test_expires_after_sets_expires_at_and_the_sweep_deletes_expired_files(api, model_dir, stack_engine, settings):
+    from datetime import timedelta
+
+    from core.models import File
+    from core.services.retention import collect_garbage
+    from core.storage import get_store
+    from tests.api.conftest import jsonl
+    from tests.jobdata import news_rows
+
+    data = jsonl(news_rows(4))
+    f = api.sdk.files.create(file=("t.jsonl", data), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600})
+    assert f.expires_at == f.created_at + 3600
+    assert_matches("OpenAIFile", api.http.get(f"/v1/files/{f.id}").json())
+    used = api.sdk.files.create(file=("u.jsonl", data), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600})
+    job = api.job(str(model_dir), training_file=used.id)
+    assert job.status_code == 200, job.text
+    keep = api.file_id()
+
+    store = get_store(settings)
+    with Session(stack_engine) as s:  # an hour later
+        for fid in (f.id, used.id):
+            row = s.get(File, fid)
+            row.expires_at = row.created_at - timedelta(seconds=1)
+        s.commit()
+        keys = {fid: s.get(File, fid).storage_key for fid in (f.id, used.id)}
+    # Gone for the API at once, whatever the sweep has done.
+    assert api.http.get(f"/v1/files/{f.id}").status_code == 404
+    listed = [x["id"] for x in api.http.get("/v1/files").json()["data"]]
+    assert f.id not in listed and keep in listed
+    assert api.job(str(model_dir), training_file=f.id).status_code == 404
+
+    report = collect_garbage(stack_engine, store, None, dry_run=False, scan_store=False)
+    assert keys[f.id] in report.expired_files and keys[used.id] not in report.expired_files  # its job has not finished
+    assert not store.exists(keys[f.id]) and store.exists(keys[used.id])
+    with Session(stack_engine) as s:
+        assert s.get(File, f.id).deleted_at is not None and s.get(File, used.id).deleted_at is None
+
+
+@pytest.mark.parametrize(
+    "form,param",
+    [
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}, "expires_after.seconds"),
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "2592001"}, "expires_after.seconds"),
+        ({"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"}, "expires_after.anchor"),
+        ({"expires_after[seconds]": "3600"}, "expires_after.anchor"),
+    ],
+)
+def test_bad_expires_after_is_a_400_naming_it(api, form, param):
+    from tests.api.conftest import jsonl
+    from tests.jobdata import news_rows
+
+    r = api.http.post("/v1/files", files={"file": ("t.jsonl", jsonl(news_rows(2)))}, data={"purpose": "fine-tune", **form})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
