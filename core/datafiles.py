@@ -116,7 +116,7 @@ def scan(path: str | Path, limits: Limits | None = None) -> Summary:
         if fmt is None:
             fmt = detect_format([row])
         if fmt == "messages":
-            check_messages(row.get("messages"), index)
+            check_chat_row(row, index)
         for k in row:
             seen.setdefault(k, None)
         count += 1
@@ -343,6 +343,17 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     return "template-needed"
 
 
+_TOOLS_UNSUPPORTED = "function calling (tools / tool_calls) is not supported by this server yet; remove those rows or fields"
+
+
+def check_chat_row(row: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    """A chat row (`messages`, optionally OpenAI's row-level `tools`) as its turns. Tool use
+    is refused by name rather than trained without the tools (silently wrong data)."""
+    if row.get("tools") is not None or row.get("functions") is not None:
+        raise DataFileError(f"row {index}: has 'tools'; {_TOOLS_UNSUPPORTED}")
+    return check_messages(row.get("messages"), index)
+
+
 def check_messages(messages: Any, index: int) -> list[dict[str, Any]]:
     """A `messages` value as a list of {role, content}; ends with an assistant turn.
 
@@ -352,6 +363,8 @@ def check_messages(messages: Any, index: int) -> list[dict[str, Any]]:
         raise DataFileError(f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects")
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
+        if isinstance(m, dict) and (m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call")):
+            raise DataFileError(f"row {index}: messages[{i}] is a tool call or result; {_TOOLS_UNSUPPORTED}")
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataFileError(f"row {index}: messages[{i}] must be an object with 'role' and 'content'")
         if m["role"] not in _ROLES:

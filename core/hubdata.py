@@ -47,10 +47,10 @@ def parse_hub_ref(ref: str) -> HubDataset:
 
 def check_rows(rows: list[dict[str, Any]], max_rows: int) -> None:
     """The row rules an upload is held to, for rows that came another way (a hub dataset)."""
-    from core.datafiles import DataFileError, check_messages, detect_format
+    from core.datafiles import DataFileError, check_chat_row, detect_format
 
     if len(rows) > max_rows:
         raise DataFileError(f"the dataset has more than {max_rows} rows, this server's limit")
     if detect_format(rows) == "messages":
         for index, row in enumerate(rows):
-            check_messages(row.get("messages"), index)
+            check_chat_row(row, index)
