@@ -355,32 +355,44 @@ def check_chat_row(row: dict[str, Any], index: int) -> list[dict[str, Any]]:
 
 
 def check_messages(messages: Any, index: int) -> list[dict[str, Any]]:
-    """A `messages` value as a list of {role, content}; ends with an assistant turn.
-
-    An assistant message may carry OpenAI's `weight` (0 or 1): 0 keeps the turn as context
-    without training on it (core.training.encoding). At least one assistant turn must train."""
+    """A `messages` value as a list of {role, content}; ends with an assistant turn. OpenAI's
+    per-message `weight` is kept (`_weights`); tool use is refused by name (`_refuse_tool_use`)."""
+    _refuse_tool_use(messages, index)
     if not isinstance(messages, list) or not messages:
         raise DataFileError(f"row {index}: 'messages' must be a non-empty list of {{role, content}} objects")
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, str]] = []
     for i, m in enumerate(messages):
-        if isinstance(m, dict) and (m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call")):
-            raise DataFileError(f"row {index}: messages[{i}] is a tool call or result; {_TOOLS_UNSUPPORTED}")
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataFileError(f"row {index}: messages[{i}] must be an object with 'role' and 'content'")
         if m["role"] not in _ROLES:
             raise DataFileError(f"row {index}: messages[{i}] has role {m['role']!r}; expected one of {_ROLES}")
         if not isinstance(m["content"], str):
             raise DataFileError(f"row {index}: messages[{i}].content must be a string")
-        turn: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if "weight" in m:
-            if m["role"] != "assistant":
-                raise DataFileError(f"row {index}: messages[{i}].weight is only allowed on assistant messages")
-            if isinstance(m["weight"], bool) or m["weight"] not in (0, 1):
-                raise DataFileError(f"row {index}: messages[{i}].weight must be 0 or 1, got {m['weight']!r}")
-            turn["weight"] = int(m["weight"])
-        out.append(turn)
+        out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "assistant":
         raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
-    if all(t.get("weight", 1) == 0 for t in out if t["role"] == "assistant"):
+    return _weights(messages, out, index)
+
+
+def _refuse_tool_use(messages: Any, index: int) -> None:
+    """Tool calls and results are refused by name rather than trained without the tools."""
+    for i, m in enumerate(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and (m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call")):
+            raise DataFileError(f"row {index}: messages[{i}] is a tool call or result; {_TOOLS_UNSUPPORTED}")
+
+
+def _weights(messages: list[dict[str, Any]], turns: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """OpenAI's per-message `weight` (0 or 1, assistant messages only) onto the checked turns:
+    0 keeps the turn as context without training on it (core.training.encoding). At least
+    one assistant turn must train."""
+    for i, (m, turn) in enumerate(zip(messages, turns)):
+        if "weight" not in m:
+            continue
+        if m["role"] != "assistant":
+            raise DataFileError(f"row {index}: messages[{i}].weight is only allowed on assistant messages")
+        if isinstance(m["weight"], bool) or m["weight"] not in (0, 1):
+            raise DataFileError(f"row {index}: messages[{i}].weight must be 0 or 1, got {m['weight']!r}")
+        turn["weight"] = int(m["weight"])
+    if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
         raise DataFileError(f"row {index}: every assistant message has weight 0, so the row has nothing to train on")
-    return out
+    return turns

@@ -207,6 +207,7 @@ class ReportingCallback(TrainerCallback):
         should_stop: Callable[[], str | None],
         spec_hash: str,
         metrics_path: Path,
+        *,
         save_each_epoch: bool = False,
     ):
         self.save_each_epoch = save_each_epoch
