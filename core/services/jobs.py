@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -225,9 +225,20 @@ def list_jobs(
 ) -> Page[Job]:
     """`metadata` filters as OpenAI's `metadata[k]=v` query does: every pair must match."""
     stmt = select(Job).where(Job.team_id == team_id)
+    sqlite = session.get_bind().dialect.name == "sqlite"
     for key, value in (metadata or {}).items():
-        stmt = stmt.where(Job.metadata_[key].as_string() == value)
+        stmt = stmt.where(_metadata_pair(key, value, sqlite))
     return paginate(session, stmt, Job.id, after=after, limit=limit)
+
+
+def _metadata_pair(key: str, value: str, sqlite: bool):
+    """jobs.metadata has `key` set to `value`. PostgreSQL binds the key (`->>`); SQLite's JSON
+    path cannot quote every key (a `"` in it breaks `$."key"`), so there the pairs are read
+    with json_each and the key compared as a value."""
+    if not sqlite:
+        return Job.metadata_[key].as_string() == value
+    pairs = func.json_each(Job.metadata_).table_valued("key", "value").alias("pairs")
+    return exists(select(1).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
 # --- user actions -----------------------------------------------------------------------
