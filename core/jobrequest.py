@@ -49,7 +49,7 @@ def _auto_or(what: str) -> WrapValidator:
 #: OpenAI's bounds for its three knobs (FineTuneSupervisedHyperparameters): stricter than the
 #: spec's own (which the CLI uses) where OpenAI's are.
 _OPENAI_KNOBS: dict[str, Any] = {
-    "n_epochs": Annotated[Auto | Annotated[int, Field(ge=1, le=50, strict=False)], _auto_or("an integer from 1 to 50")],
+    "n_epochs": Annotated[Auto | Annotated[int, Field(ge=1, le=50)], _auto_or("an integer from 1 to 50")],
     "batch_size": Annotated[Auto | Annotated[int, Field(ge=1, le=256)], _auto_or("an integer from 1 to 256")],
 }
 
