@@ -7,11 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 from sqlalchemy import Row
 
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, WebhookDelivery, WebhookEndpoint, Worker, as_utc
 from core.services.jobs import event_id
+from core.services.metric_names import openai_metrics
 from core.services.models_catalog import CatalogModel
 from core.services.scheduling import QueueInfo, queue_info
 from core.spec import Hyperparameters, JobSpec
@@ -46,8 +47,10 @@ class ListObject(BaseModel, Generic[T]):
 
 
 def list_of(items: list[Any], has_more: bool = False) -> dict[str, Any]:
+    """OpenAI's list; `first_id`/`last_id` are strings its schemas require (ListFilesResponse),
+    so an empty page has "" rather than null."""
     ids = [i.get("id") if isinstance(i, dict) else getattr(i, "id", None) for i in items]
-    return {"object": "list", "data": items, "has_more": has_more, "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+    return {"object": "list", "data": items, "has_more": has_more, "first_id": ids[0] if ids else "", "last_id": ids[-1] if ids else ""}
 
 
 class FileObject(BaseModel):
@@ -66,11 +69,21 @@ class FileObject(BaseModel):
     columns: list[str]
     sha256: str
 
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler: Any) -> dict[str, Any]:
+        """OpenAI types `expires_at` and `status_details` as integer and string (not
+        nullable): a file that never expires, or has nothing to report, leaves them out."""
+        out = handler(self)
+        for name in ("status_details", "expires_at"):
+            if out.get(name) is None:
+                out.pop(name, None)
+        return out
+
 
 def file_object(f: File) -> FileObject:
     return FileObject(
         id=f.id, bytes=f.bytes, created_at=unix(f.created_at), filename=f.filename, purpose=f.purpose, status=f.status,
-        format=f.format, row_count=f.row_count, columns=f.columns, sha256=f.sha256,
+        expires_at=unix(f.expires_at), format=f.format, row_count=f.row_count, columns=f.columns, sha256=f.sha256,
     )
 
 
@@ -211,12 +224,27 @@ class JobEventObject(BaseModel):
     created_at: int
     level: str
     message: str
-    type: str
-    data: dict[str, Any] | None
+    type: Literal["message", "metrics"]
+    data: dict[str, Any]
+
+
+#: Stored event kinds shown as OpenAI's `metrics` events; every other kind is a `message`.
+METRICS_KINDS = ("metrics", "checkpoint")
 
 
 def event_object(ev: JobEvent) -> JobEventObject:
-    return JobEventObject(id=event_id(ev), created_at=unix(ev.created_at), level=ev.level, message=ev.message, type=ev.type, data=ev.data)
+    """OpenAI's event: `type` is `message` or `metrics`, `data` an object. Our finer kind
+    (status, phase, checkpoint, ...) is `data.kind`; a checkpoint is a metrics event whose
+    data carries `step`, `total_steps` and the metrics under OpenAI's names."""
+    data = dict(ev.data or {})
+    if ev.type in METRICS_KINDS:
+        data = {**{k: v for k, v in data.items() if k != "metrics"}, **openai_metrics(data.get("metrics")), "step": data.get("step")}
+        data = {k: v for k, v in data.items() if v is not None}
+    data["kind"] = ev.type
+    return JobEventObject(
+        id=event_id(ev), created_at=unix(ev.created_at), level=ev.level, message=ev.message,
+        type="metrics" if ev.type in METRICS_KINDS else "message", data=data,
+    )
 
 
 class CheckpointObject(BaseModel):
@@ -233,7 +261,7 @@ def checkpoint_object(ck: Checkpoint, job: Job) -> CheckpointObject:
     base = job.fine_tuned_model or f"{job.model}:{job.id}"
     return CheckpointObject(
         id=ck.id, created_at=unix(ck.created_at), fine_tuned_model_checkpoint=f"{base}:ckpt-step-{ck.step}",
-        fine_tuning_job_id=ck.job_id, step_number=ck.step, metrics={"step": ck.step, **(ck.metrics or {})},
+        fine_tuning_job_id=ck.job_id, step_number=ck.step, metrics={**openai_metrics(ck.metrics), "step": ck.step},
     )
 
 

@@ -345,20 +345,33 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     return "template-needed"
 
 
+_TOOLS_UNSUPPORTED = "function calling (tools / tool_calls) is not supported by this server yet; remove those rows or fields"
+
+
+def check_chat_row(row: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    """A chat row (`messages`, optionally OpenAI's row-level `tools`) as its turns. Tool use
+    is refused by name rather than trained without the tools (silently wrong data)."""
+    if row.get("tools") is not None or row.get("functions") is not None:
+        raise DataFileError(f"row {index}: has 'tools'; {_TOOLS_UNSUPPORTED}")
+    return check_messages(row.get("messages"), index)
+
+
 def check_row(fmt: Format, row: dict[str, Any], index: int) -> None:
     """The per-row rules of a file whose shape is `fmt` (uploads and hub datasets alike)."""
     if fmt == "messages":
-        check_messages(row.get("messages"), index)
+        check_chat_row(row, index)
     elif fmt == "preference":
         check_preference(row, index)
 
 
-def check_messages(messages: Any, index: int) -> list[dict[str, str]]:
-    """A `messages` value as a list of {role, content}; ends with an assistant turn."""
+def check_messages(messages: Any, index: int) -> list[dict[str, Any]]:
+    """A `messages` value as a list of {role, content}; ends with an assistant turn. OpenAI's
+    per-message `weight` is kept (`_weights`); tool use is refused by name (`_refuse_tool_use`)."""
+    _refuse_tool_use(messages, index)
     out = _message_list(messages, index, "messages")
     if out[-1]["role"] != "assistant":
         raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
-    return out
+    return _weights(messages, out, index)
 
 
 def _message_list(messages: Any, index: int, where: str) -> list[dict[str, str]]:
@@ -402,3 +415,27 @@ def check_preference(row: dict[str, Any], index: int) -> tuple[list[dict[str, st
     if answers[0] == answers[1]:
         raise DataFileError(f"row {index}: preferred_output and non_preferred_output are the same text")
     return prompt, answers[0], answers[1]
+
+
+def _refuse_tool_use(messages: Any, index: int) -> None:
+    """Tool calls and results are refused by name rather than trained without the tools."""
+    for i, m in enumerate(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and (m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call")):
+            raise DataFileError(f"row {index}: messages[{i}] is a tool call or result; {_TOOLS_UNSUPPORTED}")
+
+
+def _weights(messages: list[dict[str, Any]], turns: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """OpenAI's per-message `weight` (0 or 1, assistant messages only) onto the checked turns:
+    0 keeps the turn as context without training on it (core.training.encoding). At least
+    one assistant turn must train."""
+    for i, (m, turn) in enumerate(zip(messages, turns)):
+        if "weight" not in m:
+            continue
+        if m["role"] != "assistant":
+            raise DataFileError(f"row {index}: messages[{i}].weight is only allowed on assistant messages")
+        if isinstance(m["weight"], bool) or m["weight"] not in (0, 1):
+            raise DataFileError(f"row {index}: messages[{i}].weight must be 0 or 1, got {m['weight']!r}")
+        turn["weight"] = int(m["weight"])
+    if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
+        raise DataFileError(f"row {index}: every assistant message has weight 0, so the row has nothing to train on")
+    return turns

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model, model_validator
 
 from core.errors import InvalidRequest
 from core.spec import (
@@ -28,24 +28,49 @@ from core.spec import (
 
 Auto = Literal["auto"]
 _HP_FIELDS = Hyperparameters.model_fields
+_DEFAULT_LR = _HP_FIELDS["learning_rate"].default
+#: The largest multiplier the spec's learning-rate bound allows (OpenAI states only "> 0").
+MAX_LR_MULTIPLIER = next(m.le for m in _HP_FIELDS["learning_rate"].metadata if getattr(m, "le", None)) / _DEFAULT_LR
+
+
+def _auto_or(what: str) -> WrapValidator:
+    """One plain message for an "auto"-or-number field, instead of one error per member of
+    the union ("Input should be 'auto' (and 1 more problem)")."""
+
+    def check(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f'must be "auto" or {what}, got {value!r}') from None
+
+    return WrapValidator(check)
+
+
+#: OpenAI's bounds for its three knobs (FineTuneSupervisedHyperparameters): stricter than the
+#: spec's own (which the CLI uses) where OpenAI's are.
+_OPENAI_KNOBS: dict[str, Any] = {
+    "n_epochs": Annotated[Auto | Annotated[int, Field(ge=1, le=50)], _auto_or("an integer from 1 to 50")],
+    "batch_size": Annotated[Auto | Annotated[int, Field(ge=1, le=256)], _auto_or("an integer from 1 to 256")],
+}
 
 
 def _optional_hyperparameters() -> dict[str, Any]:
-    """Every JobSpec hyperparameter, optional and with its own constraints; OpenAI's two
-    may also be "auto". Derived from the spec so the two can never disagree."""
+    """Every JobSpec hyperparameter, optional and with its own constraints; OpenAI's three
+    take OpenAI's types and bounds and may be "auto". Derived from the spec so the two can
+    never disagree."""
     fields: dict[str, Any] = {}
     for name, info in _HP_FIELDS.items():
         typ: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        if name in ("n_epochs", "batch_size"):
-            typ = Auto | typ
-        fields[name] = (typ | None, None)
+        fields[name] = (_OPENAI_KNOBS.get(name, typ) | None, None)
     return fields
 
 
 class _HyperparametersBase(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = None
+    learning_rate_multiplier: Annotated[
+        Auto | Annotated[float, Field(gt=0, le=MAX_LR_MULTIPLIER)], _auto_or(f"a number above 0 (at most {MAX_LR_MULTIPLIER:g})")
+    ] | None = None
 
     def to_spec_fields(self) -> dict[str, Any]:
         """The values JobSpec.hyperparameters takes; "auto" and unset fall back to its defaults."""
@@ -57,9 +82,7 @@ class _HyperparametersBase(BaseModel):
                     "Give either learning_rate or learning_rate_multiplier, not both",
                     param="hyperparameters.learning_rate_multiplier",
                 )
-            given["learning_rate"] = _HP_FIELDS["learning_rate"].default * multiplier
-        if isinstance(given.get("n_epochs"), float) and given["n_epochs"].is_integer():
-            given["n_epochs"] = int(given["n_epochs"])
+            given["learning_rate"] = _DEFAULT_LR * multiplier
         return given
 
 
@@ -95,9 +118,17 @@ class DpoRequest(BaseModel):
 
 class MethodRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: Literal["supervised", "dpo"] = Field(..., description="supervised, or dpo (preference pairs)")
+    type: Literal["supervised", "dpo", "reinforcement"] = Field(
+        ..., description="supervised, or dpo (preference pairs); reinforcement is refused with a 400"
+    )
     supervised: SupervisedRequest | None = None
     dpo: DpoRequest | None = None
+
+    def refuse_unsupported(self) -> None:
+        """OpenAI's `reinforcement` is a method this server does not run: a 400 that says so,
+        rather than a validation error listing the types it does take."""
+        if self.type == "reinforcement":
+            raise InvalidRequest("method.type 'reinforcement' is not supported by this server", param="method.type")
 
 
 def _find_nul(value: Any, path: str) -> str | None:
@@ -125,7 +156,7 @@ class JobCreateRequest(BaseModel):
     validation_file: str | None = Field(None, max_length=4096)
     hyperparameters: HyperparametersRequest | None = None
     method: MethodRequest | None = None
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    suffix: str | None = Field(None, min_length=1, max_length=64, description="Any 1-64 characters; made safe inside the model name")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     metadata: Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = Field(
         None, description="Up to 16 pairs, keys up to 64 and values up to 512 characters (OpenAI's limits)"
@@ -157,17 +188,28 @@ class JobCreateRequest(BaseModel):
             raise ValueError(f"{where or 'body'}: text may not contain NUL (\\u0000) characters")
         return data
 
-    @model_validator(mode="after")
-    def _one_place_for_hyperparameters(self) -> JobCreateRequest:
-        sup = self.method.supervised if self.method else None
+    def _check_method(self) -> None:
+        """OpenAI's rules: `hyperparameters` at the top level is the deprecated place for
+        method.supervised.hyperparameters, so giving both is a conflict, not a merge."""
+        if self.method is None:
+            return
+        self.method.refuse_unsupported()
+        sup = self.method.supervised
         if self.hyperparameters is not None and sup is not None and sup.hyperparameters is not None:
-            raise ValueError("give hyperparameters either at the top level or in method.supervised, not both")
-        dpo = self.method.dpo if self.method else None
+            raise InvalidRequest(
+                "hyperparameters were given both at the top level (deprecated) and in method.supervised.hyperparameters; "
+                "give them in one place",
+                param="hyperparameters",
+            )
+        dpo = self.method.dpo
         if dpo is not None and self.method.type != "dpo":
-            raise ValueError("method.dpo is only allowed with method.type 'dpo'")
+            raise InvalidRequest("method.dpo is only allowed with method.type 'dpo'", param="method.dpo")
         if self.hyperparameters is not None and dpo is not None and dpo.hyperparameters is not None:
-            raise ValueError("give hyperparameters either at the top level or in method.dpo, not both")
-        return self
+            raise InvalidRequest(
+                "hyperparameters were given both at the top level (deprecated) and in method.dpo.hyperparameters; "
+                "give them in one place",
+                param="hyperparameters",
+            )
 
     def effective_hyperparameters(self) -> HyperparametersRequest | None:
         if self.method and self.method.dpo and self.method.dpo.hyperparameters:
@@ -187,6 +229,7 @@ class JobCreateRequest(BaseModel):
         """The JobSpec this request asks for; data references stay as given (file ids or hf://)."""
         if self.integrations:
             raise InvalidRequest("integrations are not supported by this server", param="integrations")
+        self._check_method()
         hp = self.effective_hyperparameters()
         raw: dict[str, Any] = {
             "model": self.model,

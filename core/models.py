@@ -100,6 +100,9 @@ class File(Base):
     status: Mapped[str] = mapped_column(String(16), default="processed")
     created_at: Mapped[datetime] = mapped_column(_tz(), default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # OpenAI's `expires_after`: past it the file is gone for the API, and the sweep deletes it
+    # (core.services.retention.expired_files).
+    expires_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
 
 
 class Job(Base):

@@ -211,7 +211,7 @@ class JobSpec(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    suffix: str | None = Field(None, min_length=1, max_length=64, description="Any 1-64 characters (OpenAI's rule); made safe inside the model name")
     trust_remote_code: bool = False
     merge: bool = Field(False, description="Also write the adapter merged into a bf16/fp16 base")
     method: MethodSpec = Field(default_factory=MethodSpec)

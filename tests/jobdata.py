@@ -34,7 +34,7 @@ def jsonl(rows: list[dict]) -> bytes:
 def hyperparameters(max_steps: int, every: int = 2, accumulate: int = 1) -> dict:
     """`accumulate` > 1 makes each step slower (more micro-batches), which gives a pause or
     a worker stop a wide window to land in mid-training."""
-    return {"n_epochs": 100, "max_steps": max_steps, "batch_size": 2, "max_seq_length": 384,
+    return {"n_epochs": 50, "max_steps": max_steps, "batch_size": 2, "max_seq_length": 384,
             "checkpoint_every_steps": every, "warmup_ratio": 0.0, "gradient_accumulation_steps": accumulate}
 
 

@@ -22,11 +22,17 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=responses(*COMM
 def upload(
     file: UploadFile = File(...),
     purpose: str = Form(...),
+    expires_anchor: str | None = Form(None, alias="expires_after[anchor]", max_length=32),
+    expires_seconds: int | None = Form(None, alias="expires_after[seconds]"),
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
     svc: Services = Depends(services),
 ):
-    f = files.upload_file(session, svc.settings, svc.store, team.id, filename=file.filename or "", purpose=purpose, stream=file.file)
+    """OpenAI's `expires_after` (the SDK sends `expires_after[anchor]` and `[seconds]`): the
+    file expires that long after its creation, and is deleted by the workers' sweep."""
+    lifetime = files.check_expiry(expires_anchor, expires_seconds)
+    f = files.upload_file(session, svc.settings, svc.store, team.id, filename=file.filename or "", purpose=purpose, stream=file.file,
+                          expires_after=lifetime)
     session.commit()
     return file_object(f)
 

@@ -5,6 +5,8 @@ Routes are thin: a service call, the commit, and only then the broker message.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 
@@ -12,6 +14,7 @@ from api.deps import Cursor, Services, current_team, get_session, services
 from api.errors import COMMON, responses
 from api.etag import conditional
 from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object, list_of
+from core.errors import InvalidRequest
 from core.jobrequest import JobCreateRequest
 from core.models import Team
 from core.services import jobs
@@ -56,7 +59,25 @@ def validate(
     )
 
 
-@router.get("", response_model=ListObject[FineTuningJob], responses={304: {"description": "Not modified (If-None-Match)"}})
+_METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$", re.DOTALL)
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """OpenAI's `?metadata[k]=v` (deep-object style, which FastAPI cannot declare)."""
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if m := _METADATA_PARAM.match(name):
+            if len(value) > 512:
+                raise InvalidRequest(f"{name}: a metadata value is at most 512 characters", param=name)
+            found[m.group(1)] = value
+    return found
+
+
+@router.get(
+    "",
+    response_model=ListObject[FineTuningJob],
+    responses={304: {"description": "Not modified (If-None-Match)"}},
+)
 def list_jobs(
     request: Request,
     response: Response,
@@ -65,9 +86,11 @@ def list_jobs(
     team: Team = Depends(current_team),
     session: Session = Depends(get_session),
 ):
-    page = jobs.list_jobs(session, team.id, after=after, limit=limit)
+    """`?metadata[k]=v` (repeatable) lists only the jobs whose metadata has every pair given."""
+    metadata = _metadata_filter(request)
+    page = jobs.list_jobs(session, team.id, after=after, limit=limit, metadata=metadata)
     versions = [jobs.job_version(j) for j in page.data]
-    if unchanged := conditional(request, response, team.id, after, limit, page.has_more, versions):
+    if unchanged := conditional(request, response, team.id, after, limit, sorted(metadata.items()), page.has_more, versions):
         return unchanged
     return list_of([job_object(j) for j in page.data], page.has_more)
 

@@ -659,11 +659,11 @@
     };
     const models = h("datalist", { id: "models-used" });
     const model = h("input", { id: "model", list: "models-used", placeholder: "owner/name or a directory in a model root", style: "width:100%" });
-    const suffix = h("input", { id: "suffix", placeholder: "my-run", pattern: "[A-Za-z0-9_.-]*" });
-    const [epochs, epochsL] = num("n_epochs", "Epochs", 3, { step: "any", min: 0 });
+    const suffix = h("input", { id: "suffix", placeholder: "my-run", maxlength: 64 });
+    const [epochs, epochsL] = num("n_epochs", "Epochs", 3, { step: 1, min: 1, max: 50 });
     const [maxSteps, maxStepsL] = num("max_steps", "Max steps (optional)", "", { min: 1 });
     const [lr, lrL] = num("learning_rate", "Learning rate", 0.0002, { step: "any", min: 0 });
-    const [batch, batchL] = num("batch_size", "Batch size", 4, { min: 1 });
+    const [batch, batchL] = num("batch_size", "Batch size", 4, { min: 1, max: 256 });
     const [seqLen, seqLenL] = num("max_seq_length", "Max sequence length", 2048, { min: 8 });
     const [every_, everyL] = num("checkpoint_every_steps", "Checkpoint every (steps)", "", { min: 1 });
     const [rank, rankL] = num("lora_r", "LoRA rank", 16, { min: 1 });

@@ -8,10 +8,11 @@ creation check a template against the data without reading it again.
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
@@ -31,10 +32,32 @@ def _mib(n: int) -> str:
 
 
 MAX_FILENAME = 255  # a file name, not a path: longer ones are refused, not truncated
+#: OpenAI's bounds for `expires_after.seconds` (an hour to 30 days); its only anchor is created_at.
+EXPIRY_SECONDS = (3600, 2592000)
+
+
+def check_expiry(anchor: str | None, seconds: int | None) -> timedelta | None:
+    """OpenAI's `expires_after` ({anchor: "created_at", seconds}) as a lifetime, or None."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(f"expires_after[anchor] must be 'created_at', got {anchor!r}", param="expires_after.anchor")
+    lo, hi = EXPIRY_SECONDS
+    if seconds is None or not lo <= seconds <= hi:
+        raise InvalidRequest(f"expires_after[seconds] must be from {lo} to {hi} (an hour to 30 days), got {seconds!r}",
+                             param="expires_after.seconds")
+    return timedelta(seconds=seconds)
+
+
+def live(now=None):
+    """The files the API still shows: not deleted, and not past their expiry."""
+    now = now or utcnow()
+    return (File.deleted_at.is_(None)) & or_(File.expires_at.is_(None), File.expires_at > now)
 
 
 def upload_file(
-    session: Session, settings: Settings, store, team_id: str, *, filename: str, purpose: str, stream: BinaryIO
+    session: Session, settings: Settings, store, team_id: str, *, filename: str, purpose: str, stream: BinaryIO,
+    expires_after: timedelta | None = None,
 ) -> File:
     """Store and register an upload for `team_id`; refuses files that could not train."""
     if purpose not in PURPOSES:
@@ -84,6 +107,9 @@ def upload_file(
         columns=summary.columns,
         status="processed",
     )
+    if expires_after is not None:
+        f.created_at = utcnow()
+        f.expires_at = f.created_at + expires_after
     try:
         with session.begin_nested():
             session.add(f)
@@ -95,8 +121,8 @@ def upload_file(
 
 
 def get_file(session: Session, team_id: str, file_id: str, *, param: str = "file_id") -> File:
-    f = session.get(File, file_id)
-    if f is None or f.team_id != team_id or f.deleted_at is not None:
+    f = session.scalars(select(File).where(File.id == file_id, File.team_id == team_id, live())).one_or_none()
+    if f is None:
         raise NotFound(f"No file with id {file_id!r}", param=param)
     return f
 
@@ -104,7 +130,7 @@ def get_file(session: Session, team_id: str, file_id: str, *, param: str = "file
 def list_files(
     session: Session, team_id: str, *, purpose: str | None = None, after: str | None = None, limit: int = 100, newest_first: bool = True
 ) -> Page[File]:
-    stmt = select(File).where(File.team_id == team_id, File.deleted_at.is_(None))
+    stmt = select(File).where(File.team_id == team_id, live())
     if purpose:
         stmt = stmt.where(File.purpose == purpose)
     return paginate(session, stmt, File.id, after=after, limit=limit, newest_first=newest_first)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -241,8 +241,25 @@ def check_waiting_quota(session: Session, team_id: str) -> None:
         raise QuotaExceeded(f"Your team already has {waiting} queued jobs (limit {limit}); wait for some to start")
 
 
-def list_jobs(session: Session, team_id: str, *, after: str | None = None, limit: int = 20) -> Page[Job]:
-    return paginate(session, select(Job).where(Job.team_id == team_id), Job.id, after=after, limit=limit)
+def list_jobs(
+    session: Session, team_id: str, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
+) -> Page[Job]:
+    """`metadata` filters as OpenAI's `metadata[k]=v` query does: every pair must match."""
+    stmt = select(Job).where(Job.team_id == team_id)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    for key, value in (metadata or {}).items():
+        stmt = stmt.where(_metadata_pair(key, value, sqlite))
+    return paginate(session, stmt, Job.id, after=after, limit=limit)
+
+
+def _metadata_pair(key: str, value: str, sqlite: bool):
+    """jobs.metadata has `key` set to `value`. PostgreSQL binds the key (`->>`); SQLite's JSON
+    path cannot quote every key (a `"` in it breaks `$."key"`), so there the pairs are read
+    with json_each and the key compared as a value."""
+    if not sqlite:
+        return Job.metadata_[key].as_string() == value
+    pairs = func.json_each(Job.metadata_).table_valued("key", "value").alias("pairs")
+    return exists(select(1).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
 
 
 # --- user actions -----------------------------------------------------------------------
@@ -321,7 +338,7 @@ def list_events(
     """Newest first like OpenAI; `newest_first=False` suits a client tailing new events."""
     get_job(session, team_id, job_id)
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
-    return paginate(session, stmt, JobEvent.id, after=_event_cursor(after), limit=limit, newest_first=newest_first)
+    return paginate(session, stmt, JobEvent.id, after=_event_cursor(after), limit=limit, newest_first=newest_first, cursor=after)
 
 
 def list_checkpoints(session: Session, team_id: str, job_id: str, *, after: str | None = None, limit: int = 10) -> Page[Checkpoint]:

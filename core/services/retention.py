@@ -1,8 +1,12 @@
 """What is kept, and for how long: the one place for every rule that deletes data.
 
 - A finished job keeps its artifacts (adapter, reports) for good, and of its checkpoints
-  only what its team's policy says (default: the newest 2 and the best by eval loss); the
+  only what its team's policy says (default: the newest 2 and the best by eval loss) and
+  the last three end-of-epoch ones (OpenAI keeps those as usable models); the
   others leave the store when the job ends (`prune_checkpoints`, called by the runner).
+- A file uploaded with OpenAI's `expires_after` is gone for the API once it expires, and
+  deleted (row marked, object removed) by the sweep -- unless a job that has not finished
+  still needs it, which delays the deletion until the job ends (`expired_files`).
 - Events and metric points of jobs finished longer ago than
   TUNEFORGE_EVENT_RETENTION_DAYS are deleted (off by default); the job keeps its
   status history, latest metrics and final result (`prune_history`).
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,11 +43,19 @@ _ID_TIME = re.compile(r"^[a-z]+-([0-9a-f]{14})")
 # --- checkpoints --------------------------------------------------------------------------
 
 
+#: OpenAI keeps the checkpoints of the last three epochs as usable models; so do we, whatever
+#: the team's policy (checkpoints tagged `completed_epoch` by the trainer).
+EPOCH_CHECKPOINTS_KEPT = 3
+
+
 def checkpoints_to_keep(checkpoints: Iterable[tuple[int, dict | None]], keep_last: int, keep_best: bool) -> set[int]:
     """Steps kept of (step, metrics) pairs: the newest `keep_last`, plus the one with the
-    lowest eval loss when `keep_best` (checkpoints without an eval loss never count as best)."""
+    lowest eval loss when `keep_best` (checkpoints without an eval loss never count as best),
+    plus the newest EPOCH_CHECKPOINTS_KEPT end-of-epoch checkpoints."""
     ckpts = sorted(checkpoints, key=lambda c: c[0])
     keep = {step for step, _m in ckpts[len(ckpts) - keep_last:]} if keep_last > 0 else set()
+    epochs = [step for step, m in ckpts if isinstance((m or {}).get("completed_epoch"), int)]
+    keep.update(epochs[-EPOCH_CHECKPOINTS_KEPT:])
     if keep_best:
         scored = [(m["eval_loss"], step) for step, m in ckpts
                   if isinstance((m or {}).get("eval_loss"), (int, float))]
@@ -160,18 +172,35 @@ def stale_work_dirs(session: Session, work_dir: Path) -> Iterator[Path]:
 # --- gc: all of the above, for `tuneforge admin gc` and the workers' sweep ------------------
 
 
+def expired_files(session: Session, now: datetime, *, mark_deleted: bool) -> list[str]:
+    """Files past their `expires_at` that no unfinished job needs: marked deleted (when
+    `mark_deleted`); their store keys are returned for the caller to delete after the commit."""
+    in_use = select(Job.training_file_id).where(Job.status.not_in(TERMINAL_VALUES)).union(
+        select(Job.validation_file_id).where(Job.status.not_in(TERMINAL_VALUES), Job.validation_file_id.is_not(None)))
+    rows = list(session.scalars(
+        select(File).where(File.deleted_at.is_(None), File.expires_at.is_not(None), File.expires_at <= now, File.id.not_in(in_use))
+    ))
+    if mark_deleted:
+        for f in rows:
+            f.deleted_at = now
+        session.flush()
+    return [f.storage_key for f in rows]
+
+
 @dataclass
 class GcReport:
     pruned_checkpoints: list[str]
     orphaned_objects: list[Orphan]
     stale_work_dirs: list[Path]
     history: tuple[int, int] = (0, 0)
+    expired_files: list[str] = field(default_factory=list)
 
     def lines(self, dry_run: bool) -> list[str]:
         verb = "would remove" if dry_run else "removed"
         out = [f"{verb} checkpoint {k} (beyond its team's retention policy)" for k in self.pruned_checkpoints]
         out += [f"{verb} store object {o.key} ({o.why})" for o in self.orphaned_objects]
         out += [f"{verb} work dir {p} (no live attempt)" for p in self.stale_work_dirs]
+        out += [f"{verb} file {k} (expired)" for k in self.expired_files]
         if any(self.history):
             out.append(f"{verb} {self.history[0]} events and {self.history[1]} metric points of old jobs")
         return out
@@ -203,6 +232,10 @@ def collect_garbage(
             s.rollback()
     for key in [] if dry_run else report.pruned_checkpoints:
         store.delete_prefix(key)
+    with session_scope(engine) as s:
+        report.expired_files = expired_files(s, now, mark_deleted=not dry_run)
+    for key in [] if dry_run else report.expired_files:
+        store.delete(key)
     if scan_store:
         with session_scope(engine) as s:
             keys = [*store.keys("files"), *store.keys("jobs")]

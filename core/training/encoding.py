@@ -5,6 +5,8 @@
 - Prompt pieces and assistant pieces are tokenized separately and concatenated, exactly
   as at inference time (prompt tokens, then generated tokens), and only assistant pieces
   get labels (completion-only loss).
+- An assistant turn with OpenAI's `weight: 0` stays in the text as context but gets no
+  labels (core.datafiles.check_messages checks the values).
 - Each assistant piece is labelled up to and including the turn terminator (e.g.
   `<|eot_id|>`), so the model learns to stop. Labels come from which piece a token belongs
   to, never from comparing ids with the pad token (pad may equal eos).
@@ -116,7 +118,8 @@ def _marked(tokenizer, turns: list[dict]) -> list[dict]:
     out = []
     for t in turns:
         text = t["content"].replace(_OPEN, "").replace(_CLOSE, "")
-        out.append({**t, "content": _OPEN + (text.strip() if trims else text) + _CLOSE})
+        turn = {k: v for k, v in t.items() if k != "weight"}  # ours, not the template's
+        out.append({**turn, "content": _OPEN + (text.strip() if trims else text) + _CLOSE})
     return out
 
 
@@ -149,7 +152,8 @@ def piece_ids(tokenizer, marked: str) -> list[int]:
 
 def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, bool]]:
     """The rendered conversation cut into (text, trainable) pieces, in order; row text in
-    the pieces is marked (see `piece_ids`)."""
+    the pieces is marked (see `piece_ids`). An assistant turn of weight 0 is not trainable."""
+    weights = [t.get("weight", 1) for t in turns]
     turns = _marked(tokenizer, turns)
     pieces: list[tuple[str, bool]] = []
     done = ""
@@ -172,7 +176,7 @@ def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, b
         cut += len(terminator)
         pieces += [
             (before[len(done) :], False),
-            (answer[:cut], True),
+            (answer[:cut], weights[i] != 0),
             (answer[cut:], False),
         ]
         done = after

@@ -87,14 +87,14 @@ def run(
     elif main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh series
 
+    # OpenAI's default cadence: a checkpoint at each epoch end unless the spec names its own.
+    each_epoch = spec.hyperparameters.checkpoint_every_steps is None
     if dpo:  # preference pairs (core/training/dpo.py); the rest of the run is the same
-        callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path, DPO_LOGGED_KEYS)
+        callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path, DPO_LOGGED_KEYS, save_each_epoch=each_epoch)
         trainer = build_dpo_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
     else:
-        callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
-        trainer = build_trainer(
-            spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
-        )
+        callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path, save_each_epoch=each_epoch)
+        trainer = build_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
     callback.accelerator = trainer.accelerator
     if main:  # after the trainer is built: the dtypes it really trains in, not the requested one
         artifacts.write_spec(

@@ -217,8 +217,12 @@ class ReportingCallback(TrainerCallback):
         spec_hash: str,
         metrics_path: Path,
         keys: tuple[str, ...] = LOGGED_KEYS,
+        *,
+        save_each_epoch: bool = False,
     ):
         self.keys = keys  # the training-log keys that become metrics (DPO adds its rewards)
+        self.save_each_epoch = save_each_epoch  # OpenAI's default: a checkpoint at each epoch end
+        self.epoch_saving: int | None = None
         self.reporter = reporter
         self.should_stop = should_stop
         self.spec_hash = spec_hash
@@ -249,6 +253,14 @@ class ReportingCallback(TrainerCallback):
         self.reporter.metrics(state.global_step, values)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.save_each_epoch and state.epoch is not None and float(state.epoch).is_integer():
+            # The step that ends an epoch (the trainer's epoch counter is then exactly whole):
+            # OpenAI's default checkpoint at every epoch end, the last included, saved with any
+            # step checkpoint due now (one save), tagged so retention keeps the newest epochs'
+            # (core.services.retention.EPOCH_CHECKPOINTS_KEPT). Only when the spec names no
+            # `checkpoint_every_steps`: a cadence the user chose is kept as is.
+            control.should_save = True
+            self.epoch_saving = int(state.epoch)
         decision = agreed_stop(self.should_stop(), self.accelerator)
         if decision in ("pause", "cancel") and state.global_step < state.max_steps:
             self.stop_reason = decision
@@ -268,7 +280,11 @@ class ReportingCallback(TrainerCallback):
         (path / CHECKPOINT_MARKER).write_text(
             json.dumps({"spec_hash": self.spec_hash, "step": state.global_step})
         )
-        self.reporter.checkpoint(state.global_step, path, dict(self.last_metrics))
+        metrics = dict(self.last_metrics)
+        if self.epoch_saving is not None:
+            metrics["completed_epoch"] = self.epoch_saving
+            self.epoch_saving = None
+        self.reporter.checkpoint(state.global_step, path, metrics)
 
 
 def newest_checkpoint(checkpoints_dir: Path, spec_hash: str) -> Path | None:

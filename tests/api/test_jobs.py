@@ -44,8 +44,8 @@ def test_sdk_create_with_hyperparameters_queues_and_dispatches(api, model_dir, m
     # first tick the job says it waits for it (tests/scheduling/test_planner.py covers the rest).
     assert again.status == "queued" and again.queue_position is None
     assert again.queue_reason == "waiting for the scheduler"
-    statuses = [e.data for e in api.sdk.fine_tuning.jobs.list_events(job.id) if e.type == "status"]
-    assert statuses == [{"from": "validating_files", "to": "queued"}]
+    statuses = [e.data for e in api.sdk.fine_tuning.jobs.list_events(job.id) if e.data["kind"] == "status"]
+    assert statuses == [{"from": "validating_files", "to": "queued", "kind": "status"}]
 
 
 def test_sdk_create_with_method_supervised(api, model_dir):
@@ -107,12 +107,12 @@ def test_cancel_pause_resume_transitions(api, model_dir, messages, run_as_worker
         ({"template": None}, 400, "template.prompt", "template.prompt"),
         ({"trust_remote_code": True}, 400, "trust_remote_code", "trust_remote_code"),
         ({"hyperparameters": {"learning_rate": -1}}, 422, "hyperparameters.learning_rate", "greater than 0"),
-        ({"hyperparameters": {"n_epochs": "many"}}, 422, "hyperparameters.n_epochs", ""),
+        ({"hyperparameters": {"n_epochs": "many"}}, 422, "hyperparameters.n_epochs", 'must be "auto" or an integer from 1 to 50'),
         ({"training_file": "file-does-not-exist"}, 404, "training_file", "file-does-not-exist"),
         ({"validation_file": "file-nope"}, 404, "validation_file", "file-nope"),
         ({"training_file": "hf://datasets/owner/name"}, 400, "training_file", "hub datasets"),
         ({"template": {"prompt": "{x.__class__}", "completion": "{summary}"}}, 422, "template.prompt", "not allowed"),
-        ({"method": {"type": "reinforcement"}}, 422, "method.type", ""),
+        ({"method": {"type": "foo"}}, 422, "method.type", ""),
     ],
 )
 def test_bad_specs_name_the_field(api, model_dir, change, status, param, needle):

@@ -31,11 +31,12 @@ def test_checkpoints_events_and_metrics(api, model_dir, run_as_worker, stack_eng
     assert [c.step_number for c in page.data] == [500]
 
     events = api.sdk.fine_tuning.jobs.list_events(jid, limit=2)
-    assert [e.type for e in events.data] == ["checkpoint", "checkpoint"] and events.has_more is True
+    assert [(e.type, e.data["kind"]) for e in events.data] == [("metrics", "checkpoint")] * 2 and events.has_more is True
+    assert events.data[0].data["train_loss"] == 4.0 and events.data[0].data["step"] == 999
     older = api.sdk.fine_tuning.jobs.list_events(jid, limit=100, after=events.data[-1].id)
-    assert [e.data["to"] for e in older.data if e.type == "status"] == ["running", "queued"]
+    assert [e.data["to"] for e in older.data if e.data["kind"] == "status"] == ["running", "queued"]
     asc = api.http.get(f"/v1/fine_tuning/jobs/{jid}/events", params={"order": "asc", "limit": 1}).json()
-    assert asc["data"][0]["data"] == {"from": "validating_files", "to": "queued"}
+    assert asc["data"][0]["data"] == {"from": "validating_files", "to": "queued", "kind": "status"}
 
     series = api.http.get(f"/v1/fine_tuning/jobs/{jid}/metrics", params={"max_points": 10}).json()["data"]
     steps = [p["step"] for p in series]

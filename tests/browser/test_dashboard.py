@@ -49,7 +49,7 @@ def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_mode
     page.select_option("#completion-column", "summary")
     expect(page.locator("#template-completion")).to_have_value("{summary}")
     page.fill("#model", str(e2e_model))
-    for field, value in {"n_epochs": "100", "max_steps": "4", "batch_size": "2", "max_seq_length": "384",
+    for field, value in {"n_epochs": "50", "max_steps": "4", "batch_size": "2", "max_seq_length": "384",
                          "checkpoint_every_steps": "2", "validation_split": "0.25", "generation_samples": "1",
                          "max_new_tokens": "4", "gpus": "0", "suffix": "web"}.items():
         page.fill(f"#{field}", value)

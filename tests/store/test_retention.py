@@ -134,3 +134,11 @@ class TestStaleWorkDirs:
         for d in dirs:
             (d / "input").mkdir(parents=True)
         assert set(retention.stale_work_dirs(db_session, tmp_path)) == set(dirs[1:])
+
+
+def test_the_newest_three_epoch_checkpoints_stay_whatever_the_policy():
+    """OpenAI keeps the last three epochs' checkpoints as usable models."""
+    ckpts = [(s, {"loss": 1.0, **({"completed_epoch": s // 10} if s % 10 == 0 else {})}) for s in range(5, 55, 5)]
+    assert retention.checkpoints_to_keep(ckpts, 0, False) == {30, 40, 50}
+    assert retention.checkpoints_to_keep(ckpts, 2, False) == {30, 40, 45, 50}
+    assert retention.checkpoints_to_keep([(1, {}), (2, None)], 0, False) == set()

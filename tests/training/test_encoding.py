@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -222,3 +223,52 @@ def test_prepared_rows_with_control_token_text(tmp_path, tiny_model_dir, tiny_to
     assert ex.input_ids.count(tiny_tokenizer.bos_token_id) == 1
     eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
     assert ex.input_ids.count(eot) == 2  # the user turn's and the assistant turn's, from the template
+
+
+def test_assistant_weight_zero_is_context_not_trained(tiny_tokenizer):
+    """OpenAI's per-message `weight`: a weight-0 assistant turn stays in the text, unlabelled."""
+    turns = [
+        {"role": "user", "content": "하나"},
+        {"role": "assistant", "content": "틀린 답", "weight": 0},
+        {"role": "user", "content": "둘"},
+        {"role": "assistant", "content": "맞는 답", "weight": 1},
+    ]
+    enc = encode(tiny_tokenizer, turns, "<|eot_id|>", 512)
+    unweighted = encode(tiny_tokenizer, [{k: v for k, v in t.items() if k != "weight"} for t in turns], "<|eot_id|>", 512)
+    assert enc.input_ids == unweighted.input_ids  # the weight never reaches the template
+    eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    labelled = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert labelled.count(eot) == 1 and tiny_tokenizer.decode(labelled, skip_special_tokens=True) == "맞는 답"
+    assert "틀린 답" in tiny_tokenizer.decode(enc.input_ids)
+    first_only = encode(tiny_tokenizer, [*turns[:3], {**turns[3], "weight": 0}, ], "<|eot_id|>", 512)
+    assert first_only.n_labels == 0  # (check_messages refuses such a row at upload)
+
+
+@pytest.mark.parametrize(
+    "messages,needle",
+    [
+        ([{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}], "messages[0].weight is only allowed on assistant"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}], "messages[1].weight must be 0 or 1, got 2"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": True}], "messages[1].weight must be 0 or 1, got True"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}], "every assistant message has weight 0"),
+    ],
+)
+def test_bad_weights_are_refused_with_the_row_named(messages, needle):
+    from core.datafiles import DataFileError, check_messages
+
+    with pytest.raises(DataFileError, match=re.escape(f"row 4: {needle}")):
+        check_messages(messages, 4)
+    ok = check_messages([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0},
+                         {"role": "user", "content": "q"}, {"role": "assistant", "content": "b", "weight": 1.0}], 4)
+    assert [t.get("weight") for t in ok] == [None, 0, None, 1]
+
+
+def test_weights_reach_training_through_prepare(tmp_path, tiny_model_dir, tiny_tokenizer):
+    rows = [{"messages": [
+        {"role": "user", "content": "하나"}, {"role": "assistant", "content": "틀린 답", "weight": 0},
+        {"role": "user", "content": "둘"}, {"role": "assistant", "content": "맞는 답"},
+    ]}]
+    spec = JobSpec(model=str(tiny_model_dir), training_file=str(_write(tmp_path, rows)))
+    ex = prepare(spec, tiny_tokenizer).train[0]
+    labelled = [t for t in ex.labels if t != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(labelled, skip_special_tokens=True) == "맞는 답"

@@ -19,6 +19,7 @@ from core.training.pipeline import run
 class RecordingReporter:
     def __init__(self):
         self.phases, self.steps, self.checkpoints, self.events = [], [], [], []
+        self.checkpoint_metrics = []
 
     def phase(self, name):
         self.phases.append(name)
@@ -28,6 +29,7 @@ class RecordingReporter:
 
     def checkpoint(self, step, path, metrics):
         self.checkpoints.append((step, Path(path)))
+        self.checkpoint_metrics.append((step, dict(metrics)))
 
     def event(self, level, message, data=None):
         self.events.append(message)
@@ -150,6 +152,26 @@ def test_quantized_lora_model_setup(tiny_model_dir, learn_file):
     names = {n for n, _ in model.named_modules() if n.endswith("lora_A")}
     assert not any("lm_head" in n for n in names)
     assert any("down_proj" in n for n in names) and any("q_proj" in n for n in names)
+
+
+def test_a_checkpoint_at_every_epoch_end_by_default(tiny_model_dir, learn_file, tmp_path):
+    """OpenAI's default: one checkpoint per epoch end (tagged), besides the step cadence; with
+    `checkpoint_every_steps` named, only that cadence."""
+    rep = RecordingReporter()
+    spec = learn_spec(tiny_model_dir, learn_file, n_epochs=3, max_seq_length=32)
+    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"generation_samples": 0})})
+    result = run(spec, tmp_path, rep)
+    per_epoch = result.global_step // 3
+    tagged = [(step, m["completed_epoch"]) for step, m in rep.checkpoint_metrics if "completed_epoch" in m]
+    assert tagged == [(per_epoch, 1), (2 * per_epoch, 2), (3 * per_epoch, 3)]
+    steps = [step for step, _ in rep.checkpoints]
+    assert len(steps) == len(set(steps))  # an epoch end that is also a step checkpoint is saved once
+
+    rep = RecordingReporter()
+    cadence = learn_spec(tiny_model_dir, learn_file, n_epochs=3, max_seq_length=32, checkpoint_every_steps=4)
+    cadence = cadence.model_copy(update={"evaluation": spec.evaluation})
+    run(cadence, tmp_path / "cadence", rep)
+    assert 4 in [step for step, _ in rep.checkpoints] and not any("completed_epoch" in m for _, m in rep.checkpoint_metrics)
 
 
 def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path):
