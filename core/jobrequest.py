@@ -19,6 +19,7 @@ from core.errors import InvalidRequest
 from core.spec import (
     EvaluationSpec,
     Hyperparameters,
+    IntegrationSpec,
     JobSpec,
     LoraSpec,
     QuantizationSpec,
@@ -112,7 +113,7 @@ class JobCreateRequest(BaseModel):
     metadata: Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = Field(
         None, description="Up to 16 pairs, keys up to 64 and values up to 512 characters (OpenAI's limits)"
     )
-    integrations: list[dict[str, Any]] | None = Field(None, max_length=16)
+    integrations: list[IntegrationSpec] | None = Field(None, max_length=16)
 
     # Extensions (sent as extra_body by the OpenAI SDK).
     revision: str | None = Field(None, min_length=1, max_length=255)
@@ -150,8 +151,6 @@ class JobCreateRequest(BaseModel):
 
     def to_spec(self) -> JobSpec:
         """The JobSpec this request asks for; data references stay as given (file ids or hf://)."""
-        if self.integrations:
-            raise InvalidRequest("integrations are not supported by this server", param="integrations")
         hp = self.effective_hyperparameters()
         raw: dict[str, Any] = {
             "model": self.model,
@@ -160,6 +159,8 @@ class JobCreateRequest(BaseModel):
             "trust_remote_code": self.trust_remote_code,
             "merge": self.merge,
         }
+        if self.integrations:
+            raw["integrations"] = [i.model_dump(mode="json") for i in self.integrations]
         for name in ("validation_file", "revision", "validation_split", "suffix", "seed"):
             if getattr(self, name) is not None:
                 raw[name] = getattr(self, name)

@@ -167,6 +167,23 @@ class ResourcesSpec(_Strict):
 DataRef = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+class WandbSpec(_Strict):
+    """OpenAI's `integrations[].wandb` object: where the run is logged. The API key is not
+    here: the worker's own WANDB_API_KEY is used, so no client credential is ever stored."""
+
+    project: str = Field(..., min_length=1, max_length=128)
+    name: str | None = Field(None, min_length=1, max_length=128)
+    entity: str | None = Field(None, min_length=1, max_length=128)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+
+class IntegrationSpec(_Strict):
+    """One entry of OpenAI's `integrations` list; "wandb" is the only type OpenAI defines."""
+
+    type: Literal["wandb"]
+    wandb: WandbSpec
+
+
 class JobSpec(_Strict):
     """Everything a training run needs. `hash()` identifies it for resume and reproducibility."""
 
@@ -185,6 +202,7 @@ class JobSpec(_Strict):
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     trust_remote_code: bool = False
     merge: bool = Field(False, description="Also write the adapter merged into a bf16/fp16 base")
+    integrations: list[IntegrationSpec] = Field(default_factory=list, max_length=16)
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
@@ -204,7 +222,10 @@ class JobSpec(_Strict):
         return cls.model_validate(raw)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # No integrations: left out, so a spec written before the field existed keeps its hash
+        # (and its checkpoints stay resumable); given ones count, like any other request field.
+        exclude = None if self.integrations else {"integrations"}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """Hash of what determines the training trajectory (resume only matches the same hash)."""

@@ -38,7 +38,7 @@ def run(
 ) -> RunResult:
     from transformers import set_seed
 
-    from core.training import artifacts
+    from core.training import artifacts, integrations
     from core.training.data import prepare
     from core.training.distributed import is_main_process
     from core.training.evaluate import evaluate
@@ -86,7 +86,8 @@ def run(
 
     callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path)
     trainer = build_trainer(
-        spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback]
+        spec, model, tokenizer, data.train, data.eval, checkpoints, dtype,
+        [callback, *integrations.callbacks(spec, out)],  # TensorBoard always, W&B when asked
     )
     callback.accelerator = trainer.accelerator
     if main:  # after the trainer is built: the dtypes it really trains in, not the requested one
