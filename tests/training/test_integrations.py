@@ -45,6 +45,9 @@ def wandb_run(tiny_model_dir, learn_file, tmp_path_factory):
         mp.setenv("WANDB_DIR", str(wandb_dir))
         mp.setenv("WANDB_SILENT", "true")
         result = run(spec, out)
+        import wandb
+
+        wandb.teardown()  # stops this process's wandb-core service (a worker's child just exits)
     assert result.status == "succeeded" and result.global_step == STEPS
     losses = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, wandb_dir, {m["step"]: m["loss"] for m in losses if "loss" in m}
@@ -85,22 +88,40 @@ def test_tensorboard_is_written_without_any_integration(tiny_model_dir, learn_fi
     assert len(tfevent_scalars(events)["train/loss"]) == STEPS
 
 
-def test_wandb_offline_run_holds_our_loss_and_the_jobs_target(wandb_run):
-    from wandb.sdk.internal.datastore import DataStore
+def wandb_records(path: Path):
+    """The records of a W&B run file (`run-*.wandb`): a LevelDB-style log (a 7-byte header,
+    32 KiB blocks of chunks: crc32c, length, type) of `wandb_internal_pb2.Record` protobufs.
+    wandb 0.2x+ reads it in Go only, so this is the reader."""
     from wandb.proto import wandb_internal_pb2
 
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left_in_block = 32768 - pos % 32768
+        if left_in_block < 7:  # block trailer too small for a header: padding
+            pos += left_in_block
+            continue
+        _crc, n, kind = struct.unpack_from("<IHB", data, pos)
+        pending += data[pos + 7 : pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(pending)
+            pending = b""
+            yield rec
+
+
+def test_wandb_offline_run_holds_our_loss_and_the_jobs_target(wandb_run):
     _, wandb_dir, losses = wandb_run
     (run_dir,) = (wandb_dir / "wandb").glob("offline-run-*")
     (records,) = run_dir.glob("run-*.wandb")
-    ds = DataStore()
-    ds.open_for_scan(str(records))
     history, run_record = {}, None
-    while (raw := ds.scan_data()) is not None:
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "run":
+    for rec in wandb_records(records):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
             run_record = rec.run
-        elif rec.WhichOneof("record_type") == "history":
+        elif kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
             if "train/loss" in row:
                 history[row["train/global_step"]] = row["train/loss"]
