@@ -17,7 +17,15 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SPEC_VERSION = 1
 # The built-in chat templates (core.training.chat_templates.BUILTIN holds their text); a
@@ -175,6 +183,12 @@ class WandbSpec(_Strict):
     name: str | None = Field(None, min_length=1, max_length=128)
     entity: str | None = Field(None, min_length=1, max_length=128)
     tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Unset fields are left out, not null: OpenAI's schema types `tags` as an array, and
+        the job echoes the object the client gave."""
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class IntegrationSpec(_Strict):

@@ -132,7 +132,7 @@ def check_integrations(spec: JobSpec) -> None:
         if integration.type == "wandb" and importlib.util.find_spec("wandb") is None:
             raise InvalidRequest(
                 "integrations: wandb is not installed on this server (install tuneforge[wandb])",
-                param=f"integrations[{i}].type",
+                param=f"integrations.{i}.type",
                 code="integration_not_available",
             )
 
