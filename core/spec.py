@@ -218,6 +218,15 @@ class JobSpec(_Strict):
     merge: bool = Field(False, description="Also write the adapter merged into a bf16/fp16 base")
     integrations: list[IntegrationSpec] = Field(default_factory=list, max_length=16)
 
+    @field_validator("integrations")
+    @classmethod
+    def _one_wandb_run(cls, v: list[IntegrationSpec]) -> list[IntegrationSpec]:
+        """W&B logs to one current run per process (transformers' callback logs to `wandb.run`):
+        two wandb integrations would write the same history twice into the first run."""
+        if sum(i.type == "wandb" for i in v) > 1:
+            raise ValueError("at most one wandb integration per job")
+        return v
+
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
         """Load YAML or JSON; relative data/model paths resolve against the spec's folder."""

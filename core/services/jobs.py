@@ -125,7 +125,7 @@ def check_template_columns(f: File, template: TemplateSpec) -> None:
 
 
 def check_integrations(spec: JobSpec) -> None:
-    """A W&B integration needs the `wandb` package (an optional extra, ~75 MB installed):
+    """A W&B integration needs the `wandb` package (an optional extra, ~70 MB installed):
     refused here, at create, when this install lacks it, rather than failing after the queue.
     `find_spec` looks the package up without importing it (the API never loads wandb)."""
     for i, integration in enumerate(spec.integrations):

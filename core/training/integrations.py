@@ -26,8 +26,7 @@ TENSORBOARD_DIR = "tensorboard"  # inside the job's output folder, uploaded as a
 
 def callbacks(spec: JobSpec, out: Path) -> list[TrainerCallback]:
     """The reporting callbacks for one run whose outputs go to `out`: TensorBoard always,
-    plus one W&B run per wandb integration (OpenAI allows several; so does W&B, one after
-    another in a process, which is why each run is finished when training ends)."""
+    plus the W&B run when the job has a wandb integration (at most one: JobSpec's rule)."""
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(Path(out) / TENSORBOARD_DIR)
     found: list[TrainerCallback] = [tensorboard]
@@ -38,8 +37,9 @@ def callbacks(spec: JobSpec, out: Path) -> list[TrainerCallback]:
 class _WandbRun(WandbCallback):
     """transformers' W&B callback (config, `train/*` history, step axis), started on the
     project, entity, name and tags the job gave instead of WANDB_PROJECT & co from the
-    environment, and finished when training ends (a pause ends the run too; the resumed
-    attempt logs a new run)."""
+    environment, and finished when training ends, so that a later run in the same process
+    (tests, the CLI) starts its own (a pause ends the run too; the resumed attempt logs a
+    new run)."""
 
     def __init__(self, target: WandbSpec):
         super().__init__()

@@ -14,12 +14,13 @@ WANDB = {"type": "wandb", "wandb": {"project": "news-sum", "name": "run-1", "ent
 
 def test_sdk_create_records_the_integrations_as_given(api, model_dir):
     job = api.sdk.fine_tuning.jobs.create(
-        model=str(model_dir), training_file=api.file_id(),
-        integrations=[WANDB, {"type": "wandb", "wandb": {"project": "second"}}], extra_body={"template": TEMPLATE},
+        model=str(model_dir), training_file=api.file_id(), integrations=[WANDB], extra_body={"template": TEMPLATE},
     )
-    again = api.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
-    assert again["integrations"] == [WANDB, {"type": "wandb", "wandb": {"project": "second"}}]
-    assert job.integrations[0].wandb.tags == ["kr", "qlora"] and job.integrations[1].wandb.name is None
+    assert job.integrations[0].wandb.tags == ["kr", "qlora"] and job.integrations[0].wandb.entity == "lab"
+    assert api.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()["integrations"] == [WANDB]
+    # Fields left out stay out (not null: OpenAI's schema types `tags` as an array).
+    bare = api.job(str(model_dir), integrations=[{"type": "wandb", "wandb": {"project": "p"}}])
+    assert bare.json()["integrations"] == [{"type": "wandb", "wandb": {"project": "p"}}], bare.text
     plain = api.sdk.fine_tuning.jobs.create(model=str(model_dir), training_file=api.file_id(), extra_body={"template": TEMPLATE})
     assert plain.integrations == []
 
@@ -39,6 +40,13 @@ def test_bad_integrations_name_the_field(api, model_dir, integrations, param):
     r = api.job(str(model_dir), integrations=integrations)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_two_wandb_integrations_are_refused(api, model_dir):
+    r = api.job(str(model_dir), integrations=[WANDB, {"type": "wandb", "wandb": {"project": "second"}}])
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "integrations" and "at most one wandb" in err["message"], err
 
 
 def test_server_without_wandb_refuses_a_wandb_integration(settings_env, make_team, stack_engine, model_dir, tmp_path):
