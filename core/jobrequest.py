@@ -19,6 +19,7 @@ from core.errors import InvalidRequest
 from core.spec import (
     EvaluationSpec,
     Hyperparameters,
+    IntegrationSpec,
     JobSpec,
     LoraSpec,
     QuantizationSpec,
@@ -161,7 +162,7 @@ class JobCreateRequest(BaseModel):
     metadata: Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = Field(
         None, description="Up to 16 pairs, keys up to 64 and values up to 512 characters (OpenAI's limits)"
     )
-    integrations: list[dict[str, Any]] | None = Field(None, max_length=16)
+    integrations: list[IntegrationSpec] | None = Field(None, max_length=16)
 
     # Extensions (sent as extra_body by the OpenAI SDK).
     revision: str | None = Field(None, min_length=1, max_length=255)
@@ -227,8 +228,6 @@ class JobCreateRequest(BaseModel):
 
     def to_spec(self) -> JobSpec:
         """The JobSpec this request asks for; data references stay as given (file ids or hf://)."""
-        if self.integrations:
-            raise InvalidRequest("integrations are not supported by this server", param="integrations")
         self._check_method()
         hp = self.effective_hyperparameters()
         raw: dict[str, Any] = {
@@ -240,6 +239,8 @@ class JobCreateRequest(BaseModel):
         }
         if (method := self.method_spec()) is not None:
             raw["method"] = method
+        if self.integrations:
+            raw["integrations"] = [i.model_dump(mode="json") for i in self.integrations]
         for name in ("validation_file", "revision", "validation_split", "suffix", "seed", "from_checkpoint"):
             if getattr(self, name) is not None:
                 raw[name] = getattr(self, name)

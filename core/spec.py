@@ -17,7 +17,15 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SPEC_VERSION = 1
 # The built-in chat templates (core.training.chat_templates.BUILTIN holds their text); a
@@ -196,6 +204,29 @@ class MethodSpec(_Strict):
 DataRef = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+class WandbSpec(_Strict):
+    """OpenAI's `integrations[].wandb` object: where the run is logged. The API key is not
+    here: the worker's own WANDB_API_KEY is used, so no client credential is ever stored."""
+
+    project: str = Field(..., min_length=1, max_length=128)
+    name: str | None = Field(None, min_length=1, max_length=128)
+    entity: str | None = Field(None, min_length=1, max_length=128)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Unset fields are left out, not null: OpenAI's schema types `tags` as an array, and
+        the job echoes the object the client gave."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class IntegrationSpec(_Strict):
+    """One entry of OpenAI's `integrations` list; "wandb" is the only type OpenAI defines."""
+
+    type: Literal["wandb"]
+    wandb: WandbSpec
+
+
 class JobSpec(_Strict):
     """Everything a training run needs. `hash()` identifies it for resume and reproducibility."""
 
@@ -221,6 +252,16 @@ class JobSpec(_Strict):
         "adapter (the API takes a job id or a checkpoint id and the worker fetches it there). The adapter's "
         "own LoRA settings then apply.",
     )
+    integrations: list[IntegrationSpec] = Field(default_factory=list, max_length=16)
+
+    @field_validator("integrations")
+    @classmethod
+    def _one_wandb_run(cls, v: list[IntegrationSpec]) -> list[IntegrationSpec]:
+        """W&B logs to one current run per process (transformers' callback logs to `wandb.run`):
+        two wandb integrations would write the same history twice into the first run."""
+        if sum(i.type == "wandb" for i in v) > 1:
+            raise ValueError("at most one wandb integration per job")
+        return v
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
@@ -240,14 +281,16 @@ class JobSpec(_Strict):
         return cls.model_validate(raw)
 
     def canonical_json(self) -> str:
-        """The spec as sorted JSON. A supervised `method` and an unset `from_checkpoint` (the
-        defaults) are left out, so that a spec written before they existed keeps its hash (and
-        its checkpoints resume)."""
+        """The spec as sorted JSON. Defaults of fields added later (a supervised `method`, an
+        unset `from_checkpoint`, no `integrations`) are left out, so that a spec written before
+        they existed keeps its hash (and its checkpoints resume)."""
         dumped = self.model_dump(mode="json")
         if self.method.is_default:
             dumped.pop("method")
         if self.from_checkpoint is None:
             dumped.pop("from_checkpoint")
+        if not self.integrations:
+            dumped.pop("integrations")
         return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:

@@ -19,6 +19,11 @@ KEEP_NAMES = frozenset({
     "LD_LIBRARY_PATH", "LD_PRELOAD", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
+    # A job's W&B integration logs with the worker's own W&B account, never a client's: the key,
+    # the server (self-hosted W&B), online/offline, where runs are written locally. Not
+    # WANDB_PROJECT / WANDB_ENTITY / WANDB_TAGS etc.: where a run goes is the job's choice.
+    "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR",
+    "WANDB_CONFIG_DIR", "WANDB_DATA_DIR",
 })
 # Prefixes of the same: locale, Python, the Hugging Face stack (model cache, offline mode, a
 # hub token for gated models), CUDA / NCCL / torch tuning, coverage of the test suite.

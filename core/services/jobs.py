@@ -9,6 +9,7 @@ Nothing here sends broker messages: the API dispatches after its commit.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -142,9 +143,23 @@ def check_template_columns(f: File, template: TemplateSpec) -> None:
                 )
 
 
+def check_integrations(spec: JobSpec) -> None:
+    """A W&B integration needs the `wandb` package (an optional extra, ~70 MB installed):
+    refused here, at create, when this install lacks it, rather than failing after the queue.
+    `find_spec` looks the package up without importing it (the API never loads wandb)."""
+    for i, integration in enumerate(spec.integrations):
+        if integration.type == "wandb" and importlib.util.find_spec("wandb") is None:
+            raise InvalidRequest(
+                "integrations: wandb is not installed on this server (install tuneforge[wandb])",
+                param=f"integrations.{i}.type",
+                code="integration_not_available",
+            )
+
+
 def check_request(session: Session, settings: Settings, team_id: str, request: JobCreateRequest) -> JobSpec:
     """Everything the API can check without a worker; used by create and by the dry run."""
     spec = request.to_spec()
+    check_integrations(spec)
     check_model_use(settings, {"model": spec.model, "revision": spec.revision, "trust_remote_code": spec.trust_remote_code})
     train = _check_data(session, settings, team_id, spec.training_file, "training_file", spec.template, spec.method.type)
     if train is not None and not spec.validation_file and spec.validation_split > 0:

@@ -38,7 +38,7 @@ def run(
 ) -> RunResult:
     from transformers import set_seed
 
-    from core.training import artifacts
+    from core.training import artifacts, integrations
     from core.training.data import prepare
     from core.training.distributed import is_main_process
     from core.training.dpo import DPO_LOGGED_KEYS, build_dpo_trainer, drop_reference, evaluate_pairs
@@ -89,12 +89,13 @@ def run(
 
     # OpenAI's default cadence: a checkpoint at each epoch end unless the spec names its own.
     each_epoch = spec.hyperparameters.checkpoint_every_steps is None
+    extra = integrations.callbacks(spec, out)  # TensorBoard always, W&B when asked
     if dpo:  # preference pairs (core/training/dpo.py); the rest of the run is the same
         callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path, DPO_LOGGED_KEYS, save_each_epoch=each_epoch)
-        trainer = build_dpo_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
+        trainer = build_dpo_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback, *extra])
     else:
         callback = ReportingCallback(reporter, should_stop, spec.hash(), metrics_path, save_each_epoch=each_epoch)
-        trainer = build_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback])
+        trainer = build_trainer(spec, model, tokenizer, data.train, data.eval, checkpoints, dtype, [callback, *extra])
     callback.accelerator = trainer.accelerator
     if main:  # after the trainer is built: the dtypes it really trains in, not the requested one
         artifacts.write_spec(

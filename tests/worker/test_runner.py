@@ -82,6 +82,7 @@ def test_runs_a_job_to_success_with_artifacts(engine, wsettings, store, make_job
             assert name in arts, sorted(arts)
             assert store.exists(arts[name].storage_key) and arts[name].bytes > 0
         assert not any(n.startswith("checkpoints/") for n in arts)
+        assert any(n.startswith("tensorboard/events.out.tfevents.") for n in arts), sorted(arts)  # every job's
         ckpts = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)).all()
         assert [c.step for c in ckpts] == [2, 4] and all(c.metrics.get("loss") for c in ckpts)
         assert store.exists(f"{ckpts[-1].storage_key}/tuneforge.json")
