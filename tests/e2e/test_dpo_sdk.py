@@ -137,7 +137,7 @@ def test_dpo_pause_then_resume_through_the_worker(client):
     from tests.e2e.test_jobs import _step
 
     f = client.sdk.files.create(file=("prefs.jsonl", jsonl(preference_rows())), purpose="fine-tune")
-    hp = {"n_epochs": 100, "max_steps": 12, "batch_size": 1, "gradient_accumulation_steps": 4,
+    hp = {"n_epochs": 50, "max_steps": 12, "batch_size": 1, "gradient_accumulation_steps": 4,
           "checkpoint_every_steps": 1000}
     job = client.sdk.fine_tuning.jobs.create(
         model=str(client.model), training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": hp}}
