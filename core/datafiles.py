@@ -458,7 +458,7 @@ def _message_list(messages: Any, index: int, where: str, tools: bool = False) ->
             turn["tool_calls"] = _check_tool_calls(m["tool_calls"], index, f"{where}[{i}].tool_calls")
             call_ids.update(c["id"] for c in turn["tool_calls"])
         elif m.get("tool_calls") is not None:
-            raise DataFileError(f"row {index}: {where}[{i}].tool_calls is only allowed on assistant messages")
+            raise DataFileError(f"row {index}: {where}[{i}].tool_calls is only allowed on assistant messages of chat rows")
         if m["role"] == "tool":
             if m.get("tool_call_id") not in call_ids:
                 raise DataFileError(f"row {index}: {where}[{i}].tool_call_id must name the id of an earlier assistant tool call")
