@@ -155,8 +155,8 @@ def _checkpoint_of(session: Session, team_id: str, model_id: str) -> tuple[Job, 
     if m is None:
         return None
     job = session.scalars(_fine_tuned_query(team_id).where(Job.fine_tuned_model == m["model"])).first()
-    step = int(m["step"])
-    ck = next((c for c in _kept_checkpoints(session, job) if c.step == step), None) if job is not None else None
+    kept = _kept_checkpoints(session, job) if job is not None else []
+    ck = next((c for c in kept if checkpoint_model_id(job, c.step) == model_id), None)  # "step-02" names none
     return (job, ck) if ck is not None else None
 
 

@@ -87,7 +87,7 @@ def test_checkpoints_that_retention_keeps_are_models(api, other, ft_model, setti
     ck = api.sdk.models.retrieve(f"{name}:ckpt-step-3")
     assert (ck.id, ck.owned_by) == (f"{name}:ckpt-step-3", api.team_id)
     assert ck.model_dump()["fine_tuning_job_id"] == job_id and ck.model_dump()["parent"] == str(model_dir)
-    for missing in (f"{name}:ckpt-step-1", f"{name}:ckpt-step-9"):
+    for missing in (f"{name}:ckpt-step-1", f"{name}:ckpt-step-9", f"{name}:ckpt-step-03"):
         with pytest.raises(openai.NotFoundError):
             api.sdk.models.retrieve(missing)
     with pytest.raises(openai.NotFoundError):
