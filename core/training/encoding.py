@@ -313,3 +313,18 @@ def generation_prompt_ids(tokenizer, turns: list[dict]) -> list[int]:
     tokenized exactly as the same turns are in training (`encode`)."""
     marked, tools = _marked(tokenizer, turns)
     return piece_ids(tokenizer, render(tokenizer, marked[:-1], add_generation_prompt=True, tools=tools))
+
+
+def reference_text(tokenizer, turns: list[dict]) -> str:
+    """What the model should generate for the last (assistant) turn, as evaluation compares
+    it: the turn's content, or, for a turn of tool calls, the calls as the chat template
+    writes them (what was trained), without the terminator."""
+    last = turns[-1]
+    if not last.get("tool_calls"):
+        return last["content"]
+    marked, tools = _marked(tokenizer, turns)
+    before = render(tokenizer, marked[:-1], add_generation_prompt=True, tools=tools)
+    answer = render(tokenizer, marked, tools=tools)[len(before):]
+    terminator, _id = turn_terminator(tokenizer)
+    cut = answer.rfind(terminator)
+    return (answer[:cut] if cut >= 0 else answer).replace(_OPEN, "").replace(_CLOSE, "")

@@ -12,7 +12,7 @@ import pytest
 
 from core.prompts import render_row
 from core.spec import JobSpec
-from core.training.encoding import IGNORE_INDEX, encode, generation_prompt_ids, renders_tools
+from core.training.encoding import IGNORE_INDEX, encode, generation_prompt_ids, reference_text, renders_tools
 from core.training.errors import TrainingInputError
 
 WEATHER = {"type": "function", "function": {
@@ -71,6 +71,8 @@ def test_a_row_ending_with_the_call_trains_the_call(tiny_tokenizer):
     assert _labelled_turns(tok, enc) == ['{"name": "get_weather", "parameters": {"city": "부산"}}<|eot_id|>']
     first_label = next(i for i, t in enumerate(enc.labels) if t != IGNORE_INDEX)
     assert generation_prompt_ids(tok, turns) == enc.input_ids[:first_label]  # evaluation prompts as trained, tools included
+    assert reference_text(tok, turns) == '{"name": "get_weather", "parameters": {"city": "부산"}}'  # what evaluation compares with
+    assert reference_text(tok, render_row(tool_row("부산", "비"), None, 0)) == "비"
 
 
 def _specials(tok) -> list[str]:
@@ -146,10 +148,11 @@ def test_tool_rows_train_end_to_end(tiny_model_dir, tmp_path):
     from tests.training.test_pipeline import RecordingReporter, learn_spec
 
     rows = [tool_row(city, answer) for city, answer in [("서울", "맑음"), ("부산", "비"), ("대구", "더움"), ("광주", "흐림")]]
+    rows[3]["messages"] = rows[3]["messages"][:2]  # ends with the call
     data = _write(tmp_path, rows)
     rep = RecordingReporter()
     spec = learn_spec(tiny_model_dir, data, n_epochs=8, max_seq_length=256)
-    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"generation_samples": 2})})
+    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"generation_samples": 4})})
     result = run(spec, tmp_path / "out", rep)
     assert result.status == "succeeded" and result.global_step == 8
     losses = [v["loss"] for _, v in rep.steps if "loss" in v]
@@ -157,3 +160,6 @@ def test_tool_rows_train_end_to_end(tiny_model_dir, tmp_path):
     (report_file,) = (tmp_path / "out").rglob("dataset_report.json")
     report = json.loads(report_file.read_text())
     assert report["train_rows"] == 4 and report["dropped"] == 0  # (the same file is the validation file)
+    (eval_file,) = (tmp_path / "out").rglob("eval_report.json")
+    references = {s["row"]: s["reference"] for s in json.loads(eval_file.read_text())["samples"]}
+    assert references == {0: "맑음", 1: "비", 2: "더움", 3: '{"name": "get_weather", "parameters": {"city": "광주"}}'}
