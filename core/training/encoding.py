@@ -53,6 +53,7 @@ class Encoded:
     labels: list[int]
     truncated: bool
     full_length: int = 0  # tokens before truncation to max_length
+    full_labels: int = 0  # labelled tokens before truncation
 
     @property
     def n_labels(self) -> int:
@@ -298,7 +299,8 @@ def encode(
             ids if (trainable or not completion_only) else [IGNORE_INDEX] * len(ids)
         )
     truncated = len(input_ids) > max_length
-    return Encoded(input_ids[:max_length], labels[:max_length], truncated, len(input_ids))
+    full_labels = sum(1 for x in labels if x != IGNORE_INDEX)
+    return Encoded(input_ids[:max_length], labels[:max_length], truncated, len(input_ids), full_labels)
 
 
 def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
@@ -306,6 +308,13 @@ def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
     inside its completion fails this and must not train: it would teach not to stop."""
     last = next((t for t in reversed(enc.labels) if t != IGNORE_INDEX), None)
     return last == terminator_id
+
+
+def keeps_every_trained_turn(enc: Encoded, terminator_id: int) -> bool:
+    """Whether truncation left every labelled token (so each trained turn still ends with
+    its terminator). Ending with a terminator alone is not enough in a multi-turn row: a
+    cut can remove a whole later assistant turn (the answer after a long tool result)."""
+    return ends_with_terminator(enc, terminator_id) and enc.n_labels == enc.full_labels
 
 
 def generation_prompt_ids(tokenizer, turns: list[dict]) -> list[int]:

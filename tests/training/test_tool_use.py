@@ -151,7 +151,7 @@ def test_tool_rows_train_end_to_end(tiny_model_dir, tmp_path):
     rows[3]["messages"] = rows[3]["messages"][:2]  # ends with the call
     data = _write(tmp_path, rows)
     rep = RecordingReporter()
-    spec = learn_spec(tiny_model_dir, data, n_epochs=8, max_seq_length=256)
+    spec = learn_spec(tiny_model_dir, data, n_epochs=8, max_seq_length=384)  # a tool row is ~280 tokens
     spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"generation_samples": 4})})
     result = run(spec, tmp_path / "out", rep)
     assert result.status == "succeeded" and result.global_step == 8
@@ -163,3 +163,22 @@ def test_tool_rows_train_end_to_end(tiny_model_dir, tmp_path):
     (eval_file,) = (tmp_path / "out").rglob("eval_report.json")
     references = {s["row"]: s["reference"] for s in json.loads(eval_file.read_text())["samples"]}
     assert references == {0: "맑음", 1: "비", 2: "더움", 3: '{"name": "get_weather", "parameters": {"city": "광주"}}'}
+
+
+def test_a_long_tool_result_is_trimmed_as_prompt_side_text(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """`truncation: prompt` cuts a long tool result (context) and keeps both trained turns
+    (a cut that removed the whole answer after the result used to count as fitting: the
+    call turn still ended with its terminator)."""
+    from core.training.data import prepare
+
+    row = tool_row("서울", "맑음")
+    row["messages"][2]["content"] = "서울 날씨 자료 " * 200
+    spec = JobSpec(model=str(tiny_model_dir), training_file=str(_write(tmp_path, [row])),
+                   hyperparameters={"max_seq_length": 512})
+    data = prepare(spec, tiny_tokenizer)
+    assert data.report["trimmed"] == 1 and len(data.train) == 1
+    ex = data.train[0]
+    assert len(ex.input_ids) <= 512
+    assert _labelled_turns(tiny_tokenizer, encode(tiny_tokenizer, ex.turns, "<|eot_id|>", 512)) == [
+        '{"name": "get_weather", "parameters": {"city": "서울"}}<|eot_id|>', "맑음<|eot_id|>",
+    ]
