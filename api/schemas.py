@@ -13,7 +13,7 @@ from sqlalchemy import Row
 from core.models import Artifact, Checkpoint, File, Job, JobEvent, Metric, WebhookDelivery, WebhookEndpoint, Worker, as_utc
 from core.services.jobs import event_id
 from core.services.metric_names import openai_metrics
-from core.services.models_catalog import CatalogModel
+from core.services.models_catalog import CatalogModel, checkpoint_model_id
 from core.services.scheduling import QueueInfo, queue_info
 from core.spec import Hyperparameters, JobSpec
 
@@ -258,9 +258,8 @@ class CheckpointObject(BaseModel):
 
 
 def checkpoint_object(ck: Checkpoint, job: Job) -> CheckpointObject:
-    base = job.fine_tuned_model or f"{job.model}:{job.id}"
     return CheckpointObject(
-        id=ck.id, created_at=unix(ck.created_at), fine_tuned_model_checkpoint=f"{base}:ckpt-step-{ck.step}",
+        id=ck.id, created_at=unix(ck.created_at), fine_tuned_model_checkpoint=checkpoint_model_id(job, ck.step),
         fine_tuning_job_id=ck.job_id, step_number=ck.step, metrics={**openai_metrics(ck.metrics), "step": ck.step},
     )
 

@@ -345,15 +345,73 @@ def detect_format(rows: list[dict[str, Any]]) -> Format:
     return "template-needed"
 
 
-_TOOLS_UNSUPPORTED = "function calling (tools / tool_calls) is not supported by this server yet; remove those rows or fields"
-
-
 def check_chat_row(row: dict[str, Any], index: int) -> list[dict[str, Any]]:
-    """A chat row (`messages`, optionally OpenAI's row-level `tools`) as its turns. Tool use
-    is refused by name rather than trained without the tools (silently wrong data)."""
-    if row.get("tools") is not None or row.get("functions") is not None:
-        raise DataFileError(f"row {index}: has 'tools'; {_TOOLS_UNSUPPORTED}")
-    return check_messages(row.get("messages"), index)
+    """A chat row (`messages`, optionally OpenAI's row-level `tools`) as its turns. The row's
+    tools ride on the first turn under `tools` (ours, like `weight`: core.training.encoding
+    hands them to the chat template as its `tools` argument)."""
+    if row.get("functions") is not None:
+        raise DataFileError(f"row {index}: 'functions' is OpenAI's deprecated form; give the functions as 'tools' "
+                            "([{\"type\": \"function\", \"function\": {...}}])")
+    turns = check_messages(row.get("messages"), index)
+    if row.get("tools") is not None:
+        turns[0]["tools"] = _check_tools(row["tools"], index)
+    return turns
+
+
+def uses_tools(row: dict[str, Any]) -> bool:
+    """Whether a chat row needs a chat template that renders tools: row-level `tools`, an
+    assistant's `tool_calls` or a `tool` result."""
+    msgs = row.get("messages")
+    return row.get("tools") is not None or any(
+        isinstance(m, dict) and (m.get("tool_calls") is not None or m.get("role") == "tool")
+        for m in (msgs if isinstance(msgs, list) else [])
+    )
+
+
+def _check_tools(tools: Any, index: int) -> list[dict[str, Any]]:
+    """OpenAI's `tools`: a non-empty list of {type: "function", function: {name, description?,
+    parameters? (a JSON Schema object)}}."""
+    if not isinstance(tools, list) or not tools:
+        raise DataFileError(f"row {index}: 'tools' must be a non-empty list of {{type: 'function', function: {{name, ...}}}} objects")
+    for k, t in enumerate(tools):
+        where = f"tools[{k}]"
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
+            raise DataFileError(f"row {index}: {where} must be an object with type 'function' and a 'function' object")
+        f = t["function"]
+        _check_name(f.get("name"), index, f"{where}.function.name")
+        if "description" in f and not isinstance(f["description"], str):
+            raise DataFileError(f"row {index}: {where}.function.description must be a string")
+        if "parameters" in f and not isinstance(f["parameters"], dict):
+            raise DataFileError(f"row {index}: {where}.function.parameters must be a JSON Schema object")
+    return tools
+
+
+def _check_name(name: Any, index: int, where: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise DataFileError(f"row {index}: {where} must be a non-empty string")
+
+
+def _check_tool_calls(calls: Any, index: int, where: str) -> list[dict[str, Any]]:
+    """An assistant's `tool_calls`: a non-empty list of {id, type: "function", function:
+    {name, arguments}}, `arguments` a string holding a JSON object (as OpenAI sends them)."""
+    if not isinstance(calls, list) or not calls:
+        raise DataFileError(f"row {index}: {where} must be a non-empty list of {{id, type, function}} objects")
+    out = []
+    for k, c in enumerate(calls):
+        at = f"{where}[{k}]"
+        if not isinstance(c, dict) or c.get("type") != "function" or not isinstance(c.get("function"), dict):
+            raise DataFileError(f"row {index}: {at} must be an object with type 'function' and a 'function' object")
+        _check_name(c.get("id"), index, f"{at}.id")
+        _check_name(c["function"].get("name"), index, f"{at}.function.name")
+        args = c["function"].get("arguments")
+        try:
+            parsed = json.loads(args) if isinstance(args, str) else None
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise DataFileError(f"row {index}: {at}.function.arguments must be a string holding a JSON object")
+        out.append({"id": c["id"], "type": "function", "function": {"name": c["function"]["name"], "arguments": args}})
+    return out
 
 
 def check_row(fmt: Format, row: dict[str, Any], index: int) -> None:
@@ -366,27 +424,46 @@ def check_row(fmt: Format, row: dict[str, Any], index: int) -> None:
 
 def check_messages(messages: Any, index: int) -> list[dict[str, Any]]:
     """A `messages` value as a list of {role, content}; ends with an assistant turn. OpenAI's
-    per-message `weight` is kept (`_weights`); tool use is refused by name (`_refuse_tool_use`)."""
-    _refuse_tool_use(messages, index)
-    out = _message_list(messages, index, "messages")
+    per-message `weight` is kept (`_weights`), and so is tool use: an assistant's
+    `tool_calls` (its `content` may then be null: "" here) and `tool` results answering an
+    earlier call by `tool_call_id`."""
+    out = _message_list(messages, index, "messages", tools=True)
     if out[-1]["role"] != "assistant":
         raise DataFileError(f"row {index}: the last message must be the assistant's (the completion to learn)")
     return _weights(messages, out, index)
 
 
-def _message_list(messages: Any, index: int, where: str) -> list[dict[str, str]]:
-    """A list of {role, content} messages, each checked; `where` names it in errors."""
+def _message_list(messages: Any, index: int, where: str, tools: bool = False) -> list[dict[str, Any]]:
+    """A list of {role, content} messages, each checked; `where` names it in errors. With
+    `tools`, assistant `tool_calls` and `tool` results are allowed (not in preference rows:
+    OpenAI's DPO format has none)."""
     if not isinstance(messages, list) or not messages:
         raise DataFileError(f"row {index}: '{where}' must be a non-empty list of {{role, content}} objects")
-    out: list[dict[str, str]] = []
+    roles = (*_ROLES, "tool") if tools else _ROLES
+    call_ids: set[str] = set()
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        calls = tools and isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls") is not None
+        if not isinstance(m, dict) or "role" not in m or ("content" not in m and not calls):
             raise DataFileError(f"row {index}: {where}[{i}] must be an object with 'role' and 'content'")
-        if m["role"] not in _ROLES:
-            raise DataFileError(f"row {index}: {where}[{i}] has role {m['role']!r}; expected one of {_ROLES}")
-        if not isinstance(m["content"], str):
+        if m["role"] not in roles:
+            raise DataFileError(f"row {index}: {where}[{i}] has role {m['role']!r}; expected one of {roles}")
+        if m.get("function_call") is not None:
+            raise DataFileError(f"row {index}: {where}[{i}].function_call is OpenAI's deprecated form; use 'tool_calls'")
+        content = "" if calls and m.get("content") is None else m["content"]
+        if not isinstance(content, str):
             raise DataFileError(f"row {index}: {where}[{i}].content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+        turn: dict[str, Any] = {"role": m["role"], "content": content}
+        if calls:
+            turn["tool_calls"] = _check_tool_calls(m["tool_calls"], index, f"{where}[{i}].tool_calls")
+            call_ids.update(c["id"] for c in turn["tool_calls"])
+        elif m.get("tool_calls") is not None:
+            raise DataFileError(f"row {index}: {where}[{i}].tool_calls is only allowed on assistant messages of chat rows")
+        if m["role"] == "tool":
+            if m.get("tool_call_id") not in call_ids:
+                raise DataFileError(f"row {index}: {where}[{i}].tool_call_id must name the id of an earlier assistant tool call")
+            turn["tool_call_id"] = m["tool_call_id"]
+        out.append(turn)
     return out
 
 
@@ -415,13 +492,6 @@ def check_preference(row: dict[str, Any], index: int) -> tuple[list[dict[str, st
     if answers[0] == answers[1]:
         raise DataFileError(f"row {index}: preferred_output and non_preferred_output are the same text")
     return prompt, answers[0], answers[1]
-
-
-def _refuse_tool_use(messages: Any, index: int) -> None:
-    """Tool calls and results are refused by name rather than trained without the tools."""
-    for i, m in enumerate(messages if isinstance(messages, list) else []):
-        if isinstance(m, dict) and (m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call")):
-            raise DataFileError(f"row {index}: messages[{i}] is a tool call or result; {_TOOLS_UNSUPPORTED}")
 
 
 def _weights(messages: list[dict[str, Any]], turns: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-from core.datafiles import DataFileError, check_messages, detect_format
+from core.datafiles import DataFileError, check_chat_row, detect_format
 from core.spec import TemplateSpec, template_fields
 
 Message = dict[str, str]
@@ -59,7 +59,7 @@ def render_row(
     template = template or TemplateSpec()
     kind = detect_format([row])
     if kind == "messages":
-        turns = check_messages(row["messages"], index)
+        turns = check_chat_row(row, index)
     elif kind == "prompt_completion" and template.prompt is None:
         turns = [
             {"role": "user", "content": _text(row, "prompt", index)},

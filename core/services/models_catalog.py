@@ -1,6 +1,7 @@
 """The models a team can use, as OpenAI's `/v1/models` lists them: the base models this
-deployment allows, and the team's fine-tuned models (`ft:...` ids, one per succeeded job
-whose adapter is still stored).
+deployment allows, the team's fine-tuned models (`ft:...` ids, one per succeeded job
+whose adapter is still stored), and their checkpoints that retention keeps
+(`ft:...:ckpt-step-N`, as OpenAI offers the last three epoch checkpoints as usable models).
 
 A fine-tuned model exists exactly as long as its artifacts do: `delete_model` removes the
 adapter (and the job's checkpoints, which are models too) from the store and the database,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.errors import InvalidRequest, NotFound
-from core.models import Artifact, Checkpoint, Job, as_utc
+from core.models import Artifact, Checkpoint, Job, Team, as_utc
+from core.services.retention import checkpoints_to_keep
 from core.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,13 @@ log = logging.getLogger(__name__)
 FT_PREFIX = "ft:"
 ADAPTER_DIR = "adapter/"  # artifact names of the PEFT adapter directory (core.training.artifacts)
 ADAPTER_ARCHIVE = "adapter.tar.gz"
+_CHECKPOINT_SUFFIX = re.compile(r"^(?P<model>.+):ckpt-step-(?P<step>[0-9]+)$")
+
+
+def checkpoint_model_id(job: Job, step: int) -> str:
+    """The model name of a job's checkpoint at `step`, OpenAI's `<ft model>:ckpt-step-N`
+    (a job without a model name yet, e.g. still running, names it by base and job id)."""
+    return f"{job.fine_tuned_model or f'{job.model}:{job.id}'}:ckpt-step-{step}"
 
 
 @dataclass(frozen=True)
@@ -102,20 +112,59 @@ def _fine_tuned(session: Session, job: Job) -> CatalogModel:
     )
 
 
+def _kept_checkpoints(session: Session, job: Job) -> list[Checkpoint]:
+    """The job's checkpoints that its team's retention policy keeps (core.services.retention),
+    newest first: the same set whether or not the runner has pruned the others yet."""
+    rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)).all()
+    team = session.get(Team, job.team_id)
+    keep = checkpoints_to_keep(((c.step, c.metrics) for c in rows), team.keep_checkpoints, team.keep_best_checkpoint)
+    return sorted((c for c in rows if c.step in keep), key=lambda c: c.step, reverse=True)
+
+
+def _checkpoint_model(job: Job, ck: Checkpoint) -> CatalogModel:
+    return CatalogModel(
+        id=checkpoint_model_id(job, ck.step), created=int(as_utc(ck.created_at).timestamp()), owned_by=job.team_id,
+        parent=job.model, job_id=job.id, adapter={"checkpoint_id": ck.id, "step_number": ck.step},
+    )
+
+
 def list_models(session: Session, settings: Settings, team_id: str) -> list[CatalogModel]:
     jobs = session.scalars(_fine_tuned_query(team_id).order_by(Job.id.desc())).all()
-    return base_models(settings) + [_fine_tuned(session, j) for j in jobs]
+    out = base_models(settings)
+    for j in jobs:
+        out.append(_fine_tuned(session, j))
+        out.extend(_checkpoint_model(j, ck) for ck in _kept_checkpoints(session, j))
+    return out
+
+
+def _not_found(model_id: str) -> NotFound:
+    return NotFound(f"The model {model_id!r} does not exist or you do not have access to it", param="model")
 
 
 def _fine_tuned_job(session: Session, team_id: str, model_id: str) -> Job:
     job = session.scalars(_fine_tuned_query(team_id).where(Job.fine_tuned_model == model_id)).first()
     if job is None:
-        raise NotFound(f"The model {model_id!r} does not exist or you do not have access to it", param="model")
+        raise _not_found(model_id)
     return job
+
+
+def _checkpoint_of(session: Session, team_id: str, model_id: str) -> tuple[Job, Checkpoint] | None:
+    """The (job, checkpoint) a `ft:...:ckpt-step-N` id names, if it is one that is listed;
+    None otherwise (the caller then looks the id up as an `ft:` model name itself)."""
+    m = _CHECKPOINT_SUFFIX.match(model_id)
+    if m is None:
+        return None
+    job = session.scalars(_fine_tuned_query(team_id).where(Job.fine_tuned_model == m["model"])).first()
+    kept = _kept_checkpoints(session, job) if job is not None else []
+    ck = next((c for c in kept if checkpoint_model_id(job, c.step) == model_id), None)  # "step-02" names none
+    return (job, ck) if ck is not None else None
 
 
 def get_model(session: Session, settings: Settings, team_id: str, model_id: str) -> CatalogModel:
     if model_id.startswith(FT_PREFIX):
+        found = _checkpoint_of(session, team_id, model_id)
+        if found is not None:
+            return _checkpoint_model(*found)
         return _fine_tuned(session, _fine_tuned_job(session, team_id, model_id))
     for m in base_models(settings):
         if m.id == model_id:
@@ -125,9 +174,17 @@ def get_model(session: Session, settings: Settings, team_id: str, model_id: str)
 
 def delete_model(session: Session, store, team_id: str, model_id: str) -> Job:
     """Remove a fine-tuned model's adapter, artifacts and checkpoints (rows and stored
-    objects). Base models are the deployment's, not a team's: refused."""
+    objects); a checkpoint model (`...:ckpt-step-N`) removes that checkpoint alone. Base
+    models are the deployment's, not a team's: refused."""
     if not model_id.startswith(FT_PREFIX):
         raise InvalidRequest(f"only fine-tuned models ({FT_PREFIX}...) can be deleted; {model_id!r} is a base model", param="model")
+    found = _checkpoint_of(session, team_id, model_id)
+    if found is not None:
+        job, ck = found
+        session.delete(ck)
+        session.flush()
+        store.delete_prefix(ck.storage_key)  # rows first, then bytes, as below
+        return job
     job = _fine_tuned_job(session, team_id, model_id)
     for row in session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all():
         session.delete(row)

@@ -16,6 +16,38 @@ LLAMA3 = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
+# Llama-3 with tool use, for the tiny test model (core.training.tiny_model): written here
+# after the format of Meta's Llama 3.1 chat template (JSON tool calling: the tools as JSON in
+# the system turn, a call as {"name": ..., "parameters": {...}}, results under the `ipython`
+# role). Without tools and tool calls it renders exactly as LLAMA3.
+LLAMA3_TOOLS = (
+    "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\n\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] | trim + '\n\n' }}{% endif %}"
+    "{{ 'You have access to the following functions. To call one, answer with JSON of the form "
+    "{\"name\": function name, \"parameters\": an object of argument names and values}.\n\n' }}"
+    "{% for tool in tools %}{{ tool | tojson + '\n\n' }}{% endfor %}"
+    "{{ '<|eot_id|>' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|start_header_id|>ipython<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% elif message.tool_calls is defined and message.tool_calls %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% for call in message.tool_calls %}"
+    "{{ '{\"name\": ' + call['function']['name'] | tojson + ', \"parameters\": ' + call['function']['arguments'] | tojson + '}' }}"
+    "{% if not loop.last %}{{ '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{{ '<|eot_id|>' }}"
+    "{% else %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

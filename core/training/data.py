@@ -15,10 +15,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.datafiles import DataFileError, read_rows, validation_rows
+from core.datafiles import DataFileError, read_rows, uses_tools, validation_rows
 from core.prompts import render_row
 from core.spec import JobSpec
-from core.training.encoding import resolve_chat_template, turn_terminator
+from core.training.encoding import RowTextError, renders_tools, resolve_chat_template, turn_terminator
 from core.training.errors import TrainingInputError
 from core.training.truncation import fit_row
 
@@ -103,17 +103,20 @@ def _encode_rows(
     stats = report["splits"][split]
     cuts: list[int] = []
     out: list[Example] = []
+    file_field = "training_file" if split == "train" else "validation_file"
     for index, row in rows:
         stats["rows"] += 1
         try:
             turns = render_row(row, spec.template, index)
         except DataFileError as e:
-            file_field = "training_file" if split == "train" else "validation_file"
             raise TrainingInputError(f"{file_field}: {e}") from None
-        if not turns[-1]["content"].strip():
+        if not turns[-1]["content"].strip() and not turns[-1].get("tool_calls"):
             _drop(report, split, index, "empty completion")
             continue
-        fitted = fit_row(row, index, spec, tokenizer, terminator)
+        try:
+            fitted = fit_row(row, index, spec, tokenizer, terminator)
+        except RowTextError as e:
+            raise TrainingInputError(f"{file_field}: row {index}: {e}") from None
         report["truncated"] += fitted.too_long
         if fitted.drop_reason:
             _drop(report, split, index, fitted.drop_reason)
@@ -160,11 +163,24 @@ def _length_stats(examples: list[Example]) -> dict:
     }
 
 
+def require_tool_rendering(spec: JobSpec, tokenizer, splits: dict[str, list[tuple[int, dict]]]) -> None:
+    """Rows with tool use need a chat template that renders tools: without it they would
+    train with the tools and calls silently left out. Names the first such row."""
+    for file_field, rows in splits.items():
+        first = next((index for index, row in rows if uses_tools(row)), None)
+        if first is not None and not renders_tools(tokenizer):
+            raise TrainingInputError(
+                f"{file_field}: row {first} uses tools but the chat template of {spec.model} does not render tools"
+                + (f" (template.chat_template={spec.template.chat_template!r})" if spec.template.chat_template else "")
+            )
+
+
 def prepare(spec: JobSpec, tokenizer) -> PreparedData:
     """Everything the trainer and the evaluator need from the data, plus the dataset report."""
     resolve_chat_template(tokenizer, spec.template.chat_template)
     terminator = turn_terminator(tokenizer)
     train_rows, val_rows = split_rows(spec)
+    require_tool_rendering(spec, tokenizer, {"training_file": train_rows, "validation_file": val_rows})
     hp = spec.hyperparameters
     report = {
         "rows_read": len(train_rows) + len(val_rows),

@@ -15,12 +15,21 @@
   we know which characters the template wrote and which came from the row; only the
   template's special-token strings become special tokens, the rest is tokenized with
   `split_special_tokens=True` (the string is spelled out as ordinary tokens).
+- Tool use (OpenAI's row-level `tools`, assistant `tool_calls`, `tool` results) goes to the
+  chat template as transformers expects it (`apply_chat_template(..., tools=...)`, call
+  arguments as a mapping). An assistant turn with tool calls is a completion like any other;
+  tool results are context. Their free text is row text too: function names, descriptions,
+  call ids and argument values are marked; the parts a template may inspect (`type`
+  fields, the JSON Schema of `parameters`, argument names) are not, so a special-token
+  string there refuses the row (`RowTextError`) rather than becoming a control token.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from core.training.chat_templates import BUILTIN, MARKERS
 from core.training.errors import TrainingInputError
@@ -33,12 +42,18 @@ _OPEN, _CLOSE = "\ufdd0", "\ufdd1"
 _ROW_TEXT = re.compile(f"{_OPEN}(.*?){_CLOSE}", re.S)
 
 
+class RowTextError(TrainingInputError):
+    """Row text that cannot be kept out of the template's control tokens; the data stage
+    names the row."""
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
     full_length: int = 0  # tokens before truncation to max_length
+    full_labels: int = 0  # labelled tokens before truncation
 
     @property
     def n_labels(self) -> int:
@@ -69,10 +84,26 @@ def resolve_chat_template(tokenizer, name: str | None) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def render(tokenizer, turns: list[dict], *, add_generation_prompt: bool = False) -> str:
+def render(tokenizer, turns: list[dict], *, add_generation_prompt: bool = False, tools: list | None = None) -> str:
     return tokenizer.apply_chat_template(
-        turns, tokenize=False, add_generation_prompt=add_generation_prompt
+        turns, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+_PROBE_TOOL, _PROBE_CALL = "tuneforge_probe_tool", "tuneforge_probe_call"
+
+
+def renders_tools(tokenizer) -> bool:
+    """Whether the chat template writes the tools it is given and an assistant's tool calls
+    (a template that ignores them would train on rows stripped of what they are about)."""
+    tools = [{"type": "function", "function": {"name": _PROBE_TOOL, "description": "probe", "parameters": {"type": "object", "properties": {}}}}]
+    call = {"id": "call_probe", "type": "function", "function": {"name": _PROBE_CALL, "arguments": {}}}
+    turns = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    try:
+        text = render(tokenizer, turns, tools=tools)
+    except Exception:  # noqa: BLE001 - a template that cannot cope with tools (jinja errors of any kind)
+        return False
+    return _PROBE_TOOL in text and _PROBE_CALL in text
 
 
 def turn_terminator(tokenizer) -> tuple[str, int]:
@@ -113,14 +144,77 @@ def _template_trims(tokenizer) -> bool:
     return _TRIMS[key]
 
 
-def _marked(tokenizer, turns: list[dict]) -> list[dict]:
+def _mark(text: str) -> str:
+    """Row text between the markers (empty text stays empty: nothing to keep apart)."""
+    text = text.replace(_OPEN, "").replace(_CLOSE, "")
+    return _OPEN + text + _CLOSE if text else text
+
+
+def _mark_values(value: Any) -> Any:
+    """Every string value inside a JSON value marked; keys are left as they are."""
+    if isinstance(value, str):
+        return _mark(value)
+    if isinstance(value, dict):
+        return {k: _mark_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_values(v) for v in value]
+    return value
+
+
+def _refuse_special(tokenizer, where: str, value: Any) -> None:
+    """Unmarked row text (what a template may inspect) must hold no special-token string."""
+    found = _special_pattern(tokenizer).search(json.dumps(value, ensure_ascii=False))
+    if found:
+        raise RowTextError(f"{where} contains {found.group(0)!r}, a control token of this model's chat template")
+
+
+def _marked_tools(tokenizer, tools: list[dict]) -> list[dict]:
+    out = []
+    for k, t in enumerate(tools):
+        f = t["function"]
+        _refuse_special(tokenizer, f"tools[{k}].function.parameters", f.get("parameters", {}))
+        marked = {**f, "name": _mark(f["name"])}
+        if "description" in f:
+            marked["description"] = _mark(f["description"])
+        out.append({**t, "function": marked})
+    return out
+
+
+def _marked_call(tokenizer, call: dict) -> dict:
+    args = json.loads(call["function"]["arguments"])  # checked at upload to hold a JSON object
+    _refuse_special(tokenizer, "tool call argument names", _keys(args))
+    function = {"name": _mark(call["function"]["name"]), "arguments": _mark_values(args)}
+    return {"id": _mark(call["id"]), "type": call["type"], "function": function}
+
+
+def _keys(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [k for k, v in value.items() for k in (k, *_keys(v))]
+    if isinstance(value, list):
+        return [k for v in value for k in _keys(v)]
+    return []
+
+
+def conversation_tools(turns: list[dict]) -> list[dict] | None:
+    """The row's `tools` (core.datafiles.check_chat_row puts them on a turn)."""
+    return next((t["tools"] for t in turns if t.get("tools")), None)
+
+
+def _marked(tokenizer, turns: list[dict]) -> tuple[list[dict], list[dict] | None]:
+    """The turns and the row's tools as the template gets them, row text marked."""
     trims = _template_trims(tokenizer)
     out = []
     for t in turns:
+        turn = {k: v for k, v in t.items() if k not in ("weight", "tools")}  # ours, not the template's
         text = t["content"].replace(_OPEN, "").replace(_CLOSE, "")
-        turn = {k: v for k, v in t.items() if k != "weight"}  # ours, not the template's
-        out.append({**turn, "content": _OPEN + (text.strip() if trims else text) + _CLOSE})
-    return out
+        turn["content"] = _mark(text.strip() if trims else text)
+        if "tool_calls" in t:
+            turn["tool_calls"] = [_marked_call(tokenizer, c) for c in t["tool_calls"]]
+        if "tool_call_id" in t:
+            turn["tool_call_id"] = _mark(t["tool_call_id"])
+        out.append(turn)
+    tools = conversation_tools(turns)
+    return out, (_marked_tools(tokenizer, tools) if tools else None)
 
 
 def _special_pattern(tokenizer) -> re.Pattern:
@@ -154,14 +248,14 @@ def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, b
     """The rendered conversation cut into (text, trainable) pieces, in order; row text in
     the pieces is marked (see `piece_ids`). An assistant turn of weight 0 is not trainable."""
     weights = [t.get("weight", 1) for t in turns]
-    turns = _marked(tokenizer, turns)
+    turns, tools = _marked(tokenizer, turns)
     pieces: list[tuple[str, bool]] = []
     done = ""
     for i, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
-        before = render(tokenizer, turns[:i], add_generation_prompt=True)
-        after = render(tokenizer, turns[: i + 1])
+        before = render(tokenizer, turns[:i], add_generation_prompt=True, tools=tools)
+        after = render(tokenizer, turns[: i + 1], tools=tools)
         if not before.startswith(done) or not after.startswith(before):
             raise TrainingInputError(
                 "template.chat_template: rendering is not prefix-stable (a later turn changes earlier text), "
@@ -180,7 +274,7 @@ def segments(tokenizer, turns: list[dict], terminator: str) -> list[tuple[str, b
             (answer[cut:], False),
         ]
         done = after
-    rest = render(tokenizer, turns)[len(done) :]
+    rest = render(tokenizer, turns, tools=tools)[len(done) :]
     pieces.append((rest, False))
     return [(t, trainable) for t, trainable in pieces if t]
 
@@ -205,7 +299,8 @@ def encode(
             ids if (trainable or not completion_only) else [IGNORE_INDEX] * len(ids)
         )
     truncated = len(input_ids) > max_length
-    return Encoded(input_ids[:max_length], labels[:max_length], truncated, len(input_ids))
+    full_labels = sum(1 for x in labels if x != IGNORE_INDEX)
+    return Encoded(input_ids[:max_length], labels[:max_length], truncated, len(input_ids), full_labels)
 
 
 def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
@@ -215,8 +310,30 @@ def ends_with_terminator(enc: Encoded, terminator_id: int) -> bool:
     return last == terminator_id
 
 
+def keeps_every_trained_turn(enc: Encoded, terminator_id: int) -> bool:
+    """Whether truncation left every labelled token (so each trained turn still ends with
+    its terminator). Ending with a terminator alone is not enough in a multi-turn row: a
+    cut can remove a whole later assistant turn (the answer after a long tool result)."""
+    return ends_with_terminator(enc, terminator_id) and enc.n_labels == enc.full_labels
+
+
 def generation_prompt_ids(tokenizer, turns: list[dict]) -> list[int]:
     """The prompt a model sees at inference: every turn before the last assistant turn,
     tokenized exactly as the same turns are in training (`encode`)."""
-    marked = _marked(tokenizer, turns[:-1])
-    return piece_ids(tokenizer, render(tokenizer, marked, add_generation_prompt=True))
+    marked, tools = _marked(tokenizer, turns)
+    return piece_ids(tokenizer, render(tokenizer, marked[:-1], add_generation_prompt=True, tools=tools))
+
+
+def reference_text(tokenizer, turns: list[dict]) -> str:
+    """What the model should generate for the last (assistant) turn, as evaluation compares
+    it: the turn's content, or, for a turn of tool calls, the calls as the chat template
+    writes them (what was trained), without the terminator."""
+    last = turns[-1]
+    if not last.get("tool_calls"):
+        return last["content"]
+    marked, tools = _marked(tokenizer, turns)
+    before = render(tokenizer, marked[:-1], add_generation_prompt=True, tools=tools)
+    answer = render(tokenizer, marked, tools=tools)[len(before):]
+    terminator, _id = turn_terminator(tokenizer)
+    cut = answer.rfind(terminator)
+    return (answer[:cut] if cut >= 0 else answer).replace(_OPEN, "").replace(_CLOSE, "")

@@ -22,7 +22,7 @@ import torch
 from core.spec import JobSpec
 from core.training.batching import DynamicPaddingCollator, completion_loss
 from core.training.data import Example
-from core.training.encoding import generation_prompt_ids
+from core.training.encoding import generation_prompt_ids, reference_text
 from core.training.rouge import TOKENIZATIONS, mean_rouge, rouge
 
 GENERATION_BATCH = 16  # rows generated together; no grad and no stored activations, so cheap in memory
@@ -141,7 +141,7 @@ def _score(spec, model, tokenizer, examples, chosen, stop_ids, settings, should_
         should_stop=should_stop,
     )
     if outputs:
-        refs = [ex.turns[-1]["content"] for ex in chosen[: len(outputs)]]
+        refs = [reference_text(tokenizer, ex.turns) for ex in chosen[: len(outputs)]]
         if "rouge" in ev.metrics:
             metrics.update(mean_rouge([(text, ref) for (text, _), ref in zip(outputs, refs)]))
         metrics["exact_match"] = sum(normalised(t) == normalised(r) for (t, _), r in zip(outputs, refs)) / len(outputs)
@@ -182,7 +182,7 @@ def evaluate(
     for ex, (text, stopped), (base_text, base_stopped) in zip(chosen, tuned_out, base_out):
         if ex.row not in shown:
             continue
-        reference = ex.turns[-1]["content"]
+        reference = reference_text(tokenizer, ex.turns)
         samples.append(
             {
                 "row": ex.row,

@@ -1,4 +1,5 @@
-"""A tiny random-init Llama with a real Korean tokenizer and a Llama-3 chat template.
+"""A tiny random-init Llama with a real Korean tokenizer and a Llama-3 chat template (with
+tool use, Llama-3.1 style: `chat_templates.LLAMA3_TOOLS`).
 
 Tests, examples and benchmarks load it with `from_pretrained(dir)` through exactly the code
 path a hub model takes, so the whole QLoRA pipeline runs on a CPU in seconds. The tokenizer
@@ -30,7 +31,7 @@ def make_tokenizer():
     from tokenizers import Tokenizer, decoders, processors
     from transformers import PreTrainedTokenizerFast
 
-    from core.training.chat_templates import LLAMA3
+    from core.training.chat_templates import LLAMA3_TOOLS
 
     backend = Tokenizer.from_file(str(BASE_TOKENIZER))
     backend.decoder = decoders.ByteLevel()
@@ -43,7 +44,7 @@ def make_tokenizer():
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
-    tok.chat_template = LLAMA3
+    tok.chat_template = LLAMA3_TOOLS
     tok.padding_side = "right"
     tok.model_max_length = 4096
     return tok

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core.prompts import prompt_side_values, render_row
 from core.spec import JobSpec
-from core.training.encoding import Encoded, encode, ends_with_terminator
+from core.training.encoding import Encoded, encode, keeps_every_trained_turn
 
 
 @dataclass
@@ -38,7 +38,7 @@ def fit_row(row: dict, index: int, spec: JobSpec, tokenizer, terminator: tuple[s
         return turns, encode(tokenizer, turns, terminator[0], max_len, hp.completion_only_loss)
 
     turns, enc = encode_row(row)
-    if not enc.truncated or ends_with_terminator(enc, terminator[1]):
+    if not enc.truncated or keeps_every_trained_turn(enc, terminator[1]):
         return Fitted(turns, enc, enc.truncated)  # fits (at most text after the last terminator was cut)
     if hp.truncation == "drop":
         what = "entirely" if enc.n_labels == 0 else "before its turn terminator"
@@ -54,12 +54,12 @@ def fit_row(row: dict, index: int, spec: JobSpec, tokenizer, terminator: tuple[s
         keep = len(offsets)
         # A value's tokens on their own and in context can differ at the seams, so cut the
         # measured excess and measure again; each round cuts at least one more token.
-        while enc.truncated and not ends_with_terminator(enc, terminator[1]) and keep > 0:
+        while enc.truncated and not keeps_every_trained_turn(enc, terminator[1]) and keep > 0:
             keep = max(0, keep - max(1, enc.full_length - max_len))
             row = replace(value[: offsets[keep][0]] if keep < len(offsets) else value)
             turns, enc = encode_row(row)
         cut += len(offsets) - keep
-        if not enc.truncated or ends_with_terminator(enc, terminator[1]):
+        if not enc.truncated or keeps_every_trained_turn(enc, terminator[1]):
             return Fitted(turns, enc, True, prompt_tokens_cut=cut)
     return Fitted(
         turns,

@@ -18,8 +18,9 @@ from core.storage import get_store
 
 @pytest.fixture
 def ft_model(api, run_as_worker, model_dir, stack_engine, settings):
-    """A succeeded job of `api`'s team with an adapter, a checkpoint and an `ft:` name whose
-    base has a slash (as hub bases do). Returns (model id, job id)."""
+    """A succeeded job of `api`'s team with an adapter, checkpoints at steps 1-5 (1-4 at the
+    end of an epoch) and an `ft:` name whose base has a slash (as hub bases do). Returns
+    (model id, job id)."""
     store = get_store(settings)
     job_id = api.job(str(model_dir), suffix="cat").json()["id"]
     claim = run_as_worker(job_id)
@@ -34,8 +35,10 @@ def ft_model(api, run_as_worker, model_dir, stack_engine, settings):
             key = f"jobs/{job_id}/artifacts/{rel}"
             o = store.put_bytes(key, data)
             runs.record_artifact(s, job_id, claim.attempt, rel, o.bytes, o.sha256, key)
-        store.put_bytes(f"jobs/{job_id}/checkpoints/step-2/adapter_model.safetensors", b"ckpt")
-        runs.record_checkpoint(s, job_id, claim.attempt, 2, f"jobs/{job_id}/checkpoints/step-2")
+        for step in range(1, 6):
+            store.put_bytes(f"jobs/{job_id}/checkpoints/step-{step}/adapter_model.safetensors", b"ckpt")
+            metrics = {"completed_epoch": step} if step < 5 else {}
+            runs.record_checkpoint(s, job_id, claim.attempt, step, f"jobs/{job_id}/checkpoints/step-{step}", metrics)
         runs.finish(s, job_id, claim.attempt, JobStatus.SUCCEEDED, fine_tuned_model=name)
         s.commit()
     return name, job_id
@@ -69,6 +72,42 @@ def test_list_and_retrieve_base_and_fine_tuned_models(api, other, ft_model, loca
         api.sdk.models.retrieve("ft:org/tiny:nobody:x:ftjob-unknown")
 
 
+def test_checkpoints_that_retention_keeps_are_models(api, other, ft_model, settings, model_dir):
+    """OpenAI's last three epoch checkpoints (steps 2-4) and the team's `keep_checkpoints`
+    newest (2 by default: steps 4, 5) are `ft:...:ckpt-step-N` models; step 1, which the
+    runner prunes at the end, is not one even before it does."""
+    name, job_id = ft_model
+    expected = [f"{name}:ckpt-step-{n}" for n in (5, 4, 3, 2)]
+    listed = [m.id for m in api.sdk.models.list().data]
+    assert [m for m in listed if m.startswith(f"{name}:")] == expected
+    assert expected[0] not in {m.id for m in other.sdk.models.list().data}
+    named = {c.fine_tuned_model_checkpoint for c in api.sdk.fine_tuning.jobs.checkpoints.list(job_id).data}
+    assert set(expected) <= named and f"{name}:ckpt-step-1" in named  # step 1 is still stored, not yet pruned
+
+    ck = api.sdk.models.retrieve(f"{name}:ckpt-step-3")
+    assert (ck.id, ck.owned_by) == (f"{name}:ckpt-step-3", api.team_id)
+    assert ck.model_dump()["fine_tuning_job_id"] == job_id and ck.model_dump()["parent"] == str(model_dir)
+    for missing in (f"{name}:ckpt-step-1", f"{name}:ckpt-step-9", f"{name}:ckpt-step-03"):
+        with pytest.raises(openai.NotFoundError):
+            api.sdk.models.retrieve(missing)
+    with pytest.raises(openai.NotFoundError):
+        other.sdk.models.retrieve(f"{name}:ckpt-step-3")
+    with pytest.raises(openai.NotFoundError):
+        other.sdk.models.delete(f"{name}:ckpt-step-3")
+
+    store = get_store(settings)
+    gone = api.sdk.models.delete(f"{name}:ckpt-step-3")
+    assert (gone.id, gone.deleted) == (f"{name}:ckpt-step-3", True)
+    assert not store.exists(f"jobs/{job_id}/checkpoints/step-3/adapter_model.safetensors")
+    assert store.exists(f"jobs/{job_id}/checkpoints/step-4/adapter_model.safetensors")
+    steps = {c.step_number for c in api.sdk.fine_tuning.jobs.checkpoints.list(job_id).data}
+    assert 3 not in steps and {1, 2, 4, 5} <= steps
+    listed = {m.id for m in api.sdk.models.list().data}
+    assert name in listed and f"{name}:ckpt-step-4" in listed and f"{name}:ckpt-step-3" not in listed
+    with pytest.raises(openai.NotFoundError):
+        api.sdk.models.delete(f"{name}:ckpt-step-3")
+
+
 def test_deleting_a_fine_tuned_model_removes_its_artifacts(api, other, ft_model, settings, tmp_path, model_dir):
     name, job_id = ft_model
     store = get_store(settings)
@@ -91,7 +130,7 @@ def test_deleting_a_fine_tuned_model_removes_its_artifacts(api, other, ft_model,
     assert not store.exists(f"jobs/{job_id}/checkpoints/step-2/adapter_model.safetensors")
     assert api.http.get(f"/v1/fine_tuning/jobs/{job_id}/artifacts").json()["data"] == []
     assert api.sdk.fine_tuning.jobs.checkpoints.list(job_id).data == []
-    assert name not in {m.id for m in api.sdk.models.list().data}
+    assert not any(m.id.startswith(name) for m in api.sdk.models.list().data)  # its checkpoint models too
     with pytest.raises(openai.NotFoundError):
         api.sdk.models.retrieve(name)
     with pytest.raises(openai.NotFoundError):
