@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.guard import bearer_key
 from core.config import Settings
 from core.errors import Unauthorized
 from core.models import Job
@@ -79,5 +80,5 @@ def install(app: FastAPI, sessions: sessionmaker[Session], settings: Settings) -
 
 
 def _token_matches(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    given = bearer_key(request.headers)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())

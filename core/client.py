@@ -20,7 +20,6 @@ import yaml
 from httpx_sse import connect_sse
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class ApiError(Exception):

@@ -88,7 +88,8 @@ def watch(job_id: str) -> None:
 def _watch(client, job_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.client import TERMINAL, ApiError
+    from core.client import ApiError
+    from core.states import is_terminal
 
     seen: set[str] = set()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -105,7 +106,7 @@ def _watch(client, job_id: str) -> int:
 
             for ev in client.events(job_id, limit=100):
                 say(ev)
-            while job["status"] not in TERMINAL:
+            while not is_terminal(job["status"]):
                 for kind, data in client.stream(job_id):
                     if kind == "event":
                         say(data)
@@ -116,7 +117,7 @@ def _watch(client, job_id: str) -> int:
                         label = data["status"] + (f" ({data['phase']})" if data.get("phase") else "")
                         bar.update(task, description=label, total=data.get("total_steps"), completed=data.get("step") or 0)
                 job = client.get_job(job_id)
-                if job["status"] not in TERMINAL:
+                if not is_terminal(job["status"]):
                     time.sleep(1)  # the stream dropped; join it again
             bar.update(task, description=job["status"], completed=job.get("step") or 0)
     except ApiError as e:

@@ -158,11 +158,6 @@ class JobRun:
     def attempt(self) -> int:
         return self.claim.attempt
 
-    @property
-    def proc(self):
-        """The training process's Popen (None before it started)."""
-        return self.child.popen if self.child else None
-
     # --- SQL, fenced -------------------------------------------------------------------
 
     def _write(self, fn, *args, **kwargs):

@@ -54,11 +54,6 @@ def run_tick(app, settings, cache: PlanCache | None = None, reconcile_now: bool 
     return result
 
 
-def tick(app, settings) -> list[str]:
-    """One full pass; returns the ids of the jobs it dispatched."""
-    return [a.job_id for a in run_tick(app, settings).assignments]
-
-
 def start(app, settings, stop: threading.Event, listener: Listener | None = None) -> threading.Thread:
     """Run the loop in a daemon thread until `stop` is set. `listener` defaults to one of
     this process's own on the PLAN channel (a no-op on SQLite)."""

@@ -16,7 +16,6 @@ workdir, out/checkpoints/checkpoint-N), and adapter.tar.gz made here before uplo
 from __future__ import annotations
 
 import json
-import logging
 import tarfile
 import threading
 from collections.abc import Callable
@@ -33,7 +32,6 @@ from core.models import File
 from core.services import start_adapter
 from core.storage import StoredObject
 
-log = logging.getLogger(__name__)
 
 
 class InputMissing(ValueError):

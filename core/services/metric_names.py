@@ -13,7 +13,7 @@ from typing import Any
 
 SOURCES: dict[str, tuple[str, ...]] = {
     "train_loss": ("train_loss", "loss"),
-    "train_mean_token_accuracy": ("train_mean_token_accuracy", "token_accuracy", "mean_token_accuracy"),
+    "train_mean_token_accuracy": ("train_mean_token_accuracy", "train_accuracy", "token_accuracy", "mean_token_accuracy"),
     "valid_loss": ("valid_loss", "eval_loss"),
     "valid_mean_token_accuracy": ("valid_mean_token_accuracy", "eval_token_accuracy", "eval_mean_token_accuracy"),
     "full_valid_loss": ("full_valid_loss", "eval_loss"),

@@ -11,10 +11,11 @@ running on a worker), and other teams only as anonymous labels — never ids or 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from core.models import Job, Team, Worker, as_utc, utcnow
@@ -70,26 +71,33 @@ class PoolView:
     window_hours: float = planner.USAGE_WINDOW.total_seconds() / 3600
 
 
-def dispatch_order(session: Session) -> list[Job]:
-    """Waiting jobs in the order the planner ranked them at its last tick (the positions it
-    stored), then the ones it has not ranked yet (beyond each team's head of line, or newer
-    than the last tick) by priority and age."""
-    waiting = select(Job).where(Job.status == "queued", Job.worker_id.is_(None))
-    return list(session.scalars(waiting.order_by(Job.queue_position.is_(None), Job.queue_position, Job.priority.desc(), Job.created_at, Job.id)))
+#: The typical job length behind the shares, refreshed at most once a minute per process as
+#: the planner does (it is a sort over a day of finished jobs).
+_PLAN_CACHE = planner.PlanCache()
+
+
+def dispatch_order(session: Session) -> list[Row]:
+    """Waiting jobs (the columns the view shows) in the order the planner ranked them at its
+    last tick (the positions it stored), then the ones it has not ranked yet (beyond each
+    team's head of line, or newer than the last tick) by priority and age."""
+    waiting = select(Job.id, Job.team_id, Job.model, Job.suffix, Job.priority, Job.created_at).where(
+        Job.status == "queued", Job.worker_id.is_(None)
+    )
+    return list(session.execute(waiting.order_by(Job.queue_position.is_(None), Job.queue_position, Job.priority.desc(), Job.created_at, Job.id)))
 
 
 def pool_view(session: Session, team_id: str, heartbeat_timeout: timedelta, now: datetime | None = None) -> PoolView:
     now = now or utcnow()
     view = PoolView()
     live_since = now - heartbeat_timeout
-    running = session.execute(
+    running: dict[str, list[Row]] = defaultdict(list)
+    for r in session.execute(
         select(Job.id, Job.team_id, Job.worker_id).where(Job.worker_id.is_not(None), Job.status.in_([s.value for s in ACTIVE]))
-    ).all()
-    for w in session.scalars(select(Worker).order_by(Worker.hostname, Worker.id)).all():
-        live = w.active and as_utc(w.last_heartbeat) >= live_since
-        if not w.active and not live:
-            continue  # retired workers are history, not the pool
-        on_it = [r for r in running if r.worker_id == w.id]
+    ):
+        running[r.worker_id].append(r)
+    for w in session.scalars(select(Worker).where(Worker.active.is_(True)).order_by(Worker.hostname, Worker.id)):
+        live = as_utc(w.last_heartbeat) >= live_since  # retired (inactive) workers are history, not the pool
+        on_it = running.get(w.id, [])
         view.workers.append(PoolWorker(
             id=w.id, hostname=w.hostname, gpus=w.gpus, gpu_name=w.gpu_name, gpu_memory_gb=w.gpu_memory_gb, slots=w.slots,
             used_slots=w.used_slots if live else 0,
@@ -99,7 +107,7 @@ def pool_view(session: Session, team_id: str, heartbeat_timeout: timedelta, now:
         ))
 
     waiting = dispatch_order(session)
-    loads = planner.team_loads(session, now, planner.typical_job_seconds(session, now))
+    loads = planner.team_loads(session, now, _PLAN_CACHE.typical_job_seconds(session, now))
     view.waiting_total = len(waiting)
     for i, job in enumerate(waiting, start=1):
         if job.team_id == team_id:

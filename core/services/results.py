@@ -11,33 +11,20 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import File, Metric, new_id
+from core.services.metric_names import openai_metrics
 from core.services.runs import _fenced
 
 PURPOSE = "fine-tune-results"
 FILENAME = "step_metrics.csv"
 COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
-# Where each column's value is found in a step's metric values: OpenAI's name first, then the
-# names the trainer logs (its training values, and `eval_*` for an evaluation step).
-SOURCES: dict[str, tuple[str, ...]] = {
-    "train_loss": ("train_loss", "loss"),
-    "train_accuracy": ("train_mean_token_accuracy", "train_accuracy", "token_accuracy"),
-    "valid_loss": ("valid_loss", "eval_loss"),
-    "valid_mean_token_accuracy": ("valid_mean_token_accuracy", "eval_token_accuracy", "eval_mean_token_accuracy"),
-}
-
-
-def _value(values: dict[str, Any], names: tuple[str, ...]) -> Any:
-    for name in names:
-        v = values.get(name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return v
-    return ""
+# Values come under OpenAI's metric names (core.services.metric_names: one table for
+# checkpoints, events and this file); the CSV spells one of them differently.
+_METRIC_OF_COLUMN = {"train_accuracy": "train_mean_token_accuracy"}
 
 
 def results_csv(metrics: list[Metric]) -> bytes:
@@ -46,7 +33,8 @@ def results_csv(metrics: list[Metric]) -> bytes:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for m in sorted(metrics, key=lambda m: m.step):
-        writer.writerow([m.step, *(_value(m.values or {}, SOURCES[c]) for c in COLUMNS[1:])])
+        values = openai_metrics(m.values)
+        writer.writerow([m.step, *(values.get(_METRIC_OF_COLUMN.get(c, c), "") for c in COLUMNS[1:])])
     return out.getvalue().encode()
 
 

@@ -37,7 +37,6 @@ from core.services.pagination import Page, paginate
 from core.states import JobStatus
 
 SECRET_PREFIX = "whsec_"
-OPENAI_EVENTS = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")
 CHECKPOINT_CREATED = "fine_tuning.job.checkpoint.created"
 EVENT_TYPES = tuple(f"fine_tuning.job.{s.value}" for s in JobStatus) + (CHECKPOINT_CREATED,)
 MAX_ENDPOINTS_PER_TEAM = 20

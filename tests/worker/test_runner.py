@@ -54,7 +54,7 @@ def job_row(engine, job_id) -> Job:
 
 def child_pid():
     runs = list(runner.ACTIVE.values())
-    return runs[0].proc.pid if runs and runs[0].proc else None
+    return runs[0].child.pid if runs and runs[0].child else None
 
 
 def alive(pid) -> bool:
