@@ -15,7 +15,7 @@ from core.services.jobs import event_id
 from core.services.metric_names import openai_metrics
 from core.services.models_catalog import CatalogModel, checkpoint_model_id
 from core.services.scheduling import QueueInfo, queue_info
-from core.spec import Hyperparameters, JobSpec
+from core.spec import AUTO_BATCH_SIZE, Hyperparameters, JobSpec
 
 T = TypeVar("T")
 _DEFAULT_LR = Hyperparameters.model_fields["learning_rate"].default
@@ -155,6 +155,8 @@ def _section(spec: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _openai_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
+    if hp["batch_size"] == "auto":  # OpenAI shows the number a job runs with once it is set
+        hp["batch_size"] = AUTO_BATCH_SIZE
     n = hp["n_epochs"]
     hp["n_epochs"] = int(n) if float(n).is_integer() else n
     hp["learning_rate_multiplier"] = hp["learning_rate"] / _DEFAULT_LR

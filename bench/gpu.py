@@ -167,7 +167,7 @@ def plan_check(model_dir: Path, shape, setup, configs, steps: int = 2) -> list[d
 
     from core.training.batching import completion_loss
     from core.training.encoding import IGNORE_INDEX
-    from core.training.memory_plan import estimate
+    from core.memory_plan import estimate
     from core.training.model import compute_dtype, load_model
 
     spec = pipeline.spec_for(model_dir, 1, 1)
@@ -245,7 +245,8 @@ def main() -> None:
     import transformers
     from transformers import AutoConfig
 
-    from core.training.memory_plan import GiB, TrainingSetup, lora_params, plan_fit, shape_from_config
+    from core.memory_plan import GiB, TrainingSetup, lora_params, plan_fit
+    from core.training.model_shape import shape_from_config
 
     transformers.logging.set_verbosity_error()
     import datasets

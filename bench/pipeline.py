@@ -238,7 +238,7 @@ def run_common(spec, out: Path) -> dict:
     counter = TokenCounter(default_data_collator)
     args = TrainingArguments(
         output_dir=str(out),
-        per_device_train_batch_size=spec.hyperparameters.batch_size,
+        per_device_train_batch_size=spec.hyperparameters.batch_rows,
         max_steps=spec.hyperparameters.max_steps,
         learning_rate=2e-4,
         logging_steps=1,
@@ -282,7 +282,7 @@ def run_trl(spec, out: Path, **overrides) -> dict:
     model = load_model(spec, dtype)
     args = SFTConfig(
         output_dir=str(out),
-        per_device_train_batch_size=spec.hyperparameters.batch_size,
+        per_device_train_batch_size=spec.hyperparameters.batch_rows,
         max_steps=spec.hyperparameters.max_steps,
         learning_rate=2e-4,
         logging_steps=1,

@@ -119,6 +119,9 @@ class Job(Base):
         Index("ix_jobs_held", "held_worker_id", postgresql_where=text("held_worker_id IS NOT NULL"),
               sqlite_where=text("held_worker_id IS NOT NULL")),
         Index("ix_jobs_finished_at", "finished_at"),
+        # Measured throughput of finished runs by model and GPU kind: the time estimate of a
+        # dry run (core.services.fit).
+        Index("ix_jobs_throughput", "model", "gpu_name", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))
@@ -138,6 +141,14 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     gpus: Mapped[int] = mapped_column(Integer, default=1)
     min_gpu_memory_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The fit plan made at create from the model's config (core.services.fit): what one GPU
+    # needs at the smallest micro-batch. Placement skips GPU workers with less memory; the
+    # client's own min_gpu_memory_gb, when given, is kept apart (it also rules out CPU workers).
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    planned_gpu_memory_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # What the last run measured: the GPU kind it ran on and its mean training tokens/s.
+    gpu_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     # Claim / lease / fencing: `attempt` is the fencing token every runner write carries.
     attempt: Mapped[int] = mapped_column(Integer, default=0)

@@ -33,6 +33,7 @@ SPEC_VERSION = 1
 CHAT_TEMPLATES = ("llama3", "chatml")
 MAX_STEPS = 10_000_000  # any step count or interval: far above a real run, far below int overflow
 TEMPLATE_TEXT = 64 * 1024  # characters of one template part
+AUTO_BATCH_SIZE = 4  # `batch_size: auto`: rows per GPU per optimizer step (the old default)
 
 
 class _Strict(BaseModel):
@@ -122,7 +123,12 @@ class Hyperparameters(_Strict):
     n_epochs: float = Field(3, gt=0, le=100)
     max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Optional cap on optimizer steps")
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
-    batch_size: int = Field(4, ge=1, le=1024)
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto",
+        description="Rows per GPU per optimizer step before gradient_accumulation_steps (auto: "
+        f"{AUTO_BATCH_SIZE}). The micro-batch that runs at once is planned to fit the GPU "
+        "(core.memory_plan); the effective batch never depends on the hardware",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     lr_scheduler: Literal[
@@ -134,7 +140,9 @@ class Hyperparameters(_Strict):
     packing: Literal["auto", True, False] = Field(
         "auto", description="auto: pack only where attention respects sequence boundaries"
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="auto: on only when the planned micro-batch does not fit the GPU without it"
+    )
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     completion_only_loss: bool = True
     truncation: Literal["prompt", "drop"] = Field(
@@ -143,12 +151,23 @@ class Hyperparameters(_Strict):
         "from its end (the completion and its terminator always survive); 'drop' skips the row",
     )
 
-    @field_validator("packing", mode="before")
+    @field_validator("packing", "gradient_checkpointing", mode="before")
     @classmethod
-    def _packing_words(cls, v: Any) -> Any:
+    def _bool_words(cls, v: Any) -> Any:
         if isinstance(v, str) and v.lower() in ("true", "false"):
             return v.lower() == "true"
         return v
+
+    @property
+    def batch_rows(self) -> int:
+        """`batch_size` as a number: rows per GPU per optimizer step before accumulation."""
+        return AUTO_BATCH_SIZE if self.batch_size == "auto" else self.batch_size
+
+    @property
+    def rows_per_gpu_step(self) -> int:
+        """Rows each GPU contributes to one optimizer step: what the plan splits into
+        micro-batches x accumulation (the same product whatever micro-batch fits)."""
+        return self.batch_rows * self.gradient_accumulation_steps
 
 
 RougeMetric = Literal["loss", "perplexity", "token_accuracy", "rouge"]
@@ -283,7 +302,8 @@ class JobSpec(_Strict):
     def canonical_json(self) -> str:
         """The spec as sorted JSON. Defaults of fields added later (a supervised `method`, an
         unset `from_checkpoint`, no `integrations`) are left out, so that a spec written before
-        they existed keeps its hash (and its checkpoints resume)."""
+        they existed keeps its hash (and its checkpoints resume), and so does one written before
+        `batch_size`/`gradient_checkpointing` took "auto"."""
         dumped = self.model_dump(mode="json")
         if self.method.is_default:
             dumped.pop("method")
@@ -291,6 +311,12 @@ class JobSpec(_Strict):
             dumped.pop("from_checkpoint")
         if not self.integrations:
             dumped.pop("integrations")
+        # "auto" memory choices hash as the values they replaced: the effective batch is the
+        # same, and checkpointing recomputes rather than changes the trajectory.
+        hp = dumped["hyperparameters"]
+        hp["batch_size"] = self.hyperparameters.batch_rows
+        if hp["gradient_checkpointing"] == "auto":
+            hp["gradient_checkpointing"] = False
         return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:

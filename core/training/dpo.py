@@ -161,7 +161,7 @@ def evaluate_pairs(spec: JobSpec, model, pad_token_id: int, pairs: list[Pair], e
             "samples": [],
             "note": empty_note or "no validation pairs (set validation_file or validation_split)",
         }
-    bs = spec.hyperparameters.batch_size
+    bs = spec.hyperparameters.batch_rows
     tuned_c, tuned_r = pair_logps(model, pairs, pad_token_id, bs)
     with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
         base_c, base_r = pair_logps(model, pairs, pad_token_id, bs)

@@ -15,7 +15,7 @@ def estimated_steps(spec: JobSpec, n_train: int) -> int:
     hp = spec.hyperparameters
     per_epoch = max(
         1,
-        math.ceil(math.ceil(n_train / hp.batch_size) / hp.gradient_accumulation_steps),
+        math.ceil(math.ceil(n_train / hp.batch_rows) / hp.gradient_accumulation_steps),
     )
     total = math.ceil(per_epoch * hp.n_epochs)
     return min(total, hp.max_steps) if hp.max_steps else total

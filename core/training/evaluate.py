@@ -128,7 +128,7 @@ def _score(spec, model, tokenizer, examples, chosen, stop_ids, settings, should_
     ev = spec.evaluation
     metrics: dict[str, float] = {}
     if set(TOKEN_METRICS) & set(ev.metrics):
-        tm = token_metrics(model, examples, tokenizer.pad_token_id, spec.hyperparameters.batch_size)
+        tm = token_metrics(model, examples, tokenizer.pad_token_id, spec.hyperparameters.batch_rows)
         metrics.update({TOKEN_METRICS[m]: tm[TOKEN_METRICS[m]] for m in TOKEN_METRICS if m in ev.metrics})
     if spec.evaluation.temperature > 0:
         torch.manual_seed(spec.seed)  # both models sample from the same random stream

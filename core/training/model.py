@@ -111,7 +111,7 @@ def load_model(spec: JobSpec, dtype: torch.dtype):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model = load_base_model(spec, dtype)
-    gc = spec.hyperparameters.gradient_checkpointing
+    gc = spec.hyperparameters.gradient_checkpointing is True
     if spec.quantization.bits is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
     elif gc:

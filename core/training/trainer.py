@@ -54,8 +54,8 @@ def training_args(
     on_cpu = not torch.cuda.is_available()
     return dict(
         output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
+        per_device_train_batch_size=hp.batch_rows,
+        per_device_eval_batch_size=hp.batch_rows,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         num_train_epochs=hp.n_epochs,
@@ -66,7 +66,7 @@ def training_args(
         max_grad_norm=hp.max_grad_norm,
         # SFTConfig turns gradient checkpointing on by default; it costs ~30% more compute and
         # is only worth it when activations do not fit, so the spec decides (default off).
-        gradient_checkpointing=hp.gradient_checkpointing,
+        gradient_checkpointing=hp.gradient_checkpointing is True,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=on_cpu,

@@ -39,7 +39,8 @@ def test_flops_per_token_of_the_8b_shape():
     from transformers import LlamaConfig
 
     from bench.gpu import LLAMA3_8B
-    from core.training.memory_plan import TrainingSetup, lora_params, shape_from_config
+    from core.memory_plan import TrainingSetup, lora_params
+    from core.training.model_shape import shape_from_config
 
     shape = shape_from_config(LlamaConfig(**LLAMA3_8B))
     lora = lora_params(shape, TrainingSetup())

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from core.training.memory_plan import (
+from core.memory_plan import (
     GiB,
     DoesNotFit,
     FitPlan,
@@ -28,9 +28,10 @@ from core.training.memory_plan import (
     lora_params,
     plan_fit,
     quantized_weight_bytes,
-    shape_from_config,
+    shape_from_config_dict,
     static_bytes,
 )
+from core.training.model_shape import shape_from_config
 
 LLAMA3_8B = dict(
     hidden_size=4096,
@@ -78,6 +79,35 @@ def test_a_tied_small_llama_and_an_unsupported_architecture():
     assert tied.total_params == llama_params(64, 2, 4, 2, 1000, 128, tied=True)
     with pytest.raises(UnsupportedModel, match="Llama-family"):
         shape_from_config(GPT2Config(n_layer=2, n_embd=64, n_head=4))
+
+
+@pytest.mark.parametrize(
+    "config_class, fields",
+    [
+        ("LlamaConfig", LLAMA3_8B),
+        ("LlamaConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=128, vocab_size=1000, tie_word_embeddings=True)),
+        ("LlamaConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, head_dim=32,
+                             intermediate_size=96, vocab_size=500, attention_bias=True)),
+        ("MistralConfig", dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+                               intermediate_size=256, vocab_size=3000)),
+        ("Qwen2Config", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=256, vocab_size=2000, tie_word_embeddings=False)),
+    ],
+)
+def test_the_config_json_closed_form_equals_the_meta_model_count(config_class, fields):
+    """The API plans from config.json (no torch); the worker counts the built model: they agree."""
+    import transformers
+
+    config = getattr(transformers, config_class)(**fields)
+    assert shape_from_config_dict(config.to_dict()) == shape_from_config(config)
+
+
+def test_the_closed_form_refuses_other_architectures_and_broken_configs():
+    with pytest.raises(UnsupportedModel, match="Llama-family"):
+        shape_from_config_dict({"model_type": "gpt2", "n_layer": 2})
+    with pytest.raises(UnsupportedModel, match="hidden_size"):
+        shape_from_config_dict({"model_type": "llama", "num_attention_heads": 4})
 
 
 def test_4bit_storage_is_what_bitsandbytes_allocates(tmp_path):
@@ -200,16 +230,16 @@ def test_the_tiny_model_plans_on_the_cpu(tiny_model_dir):
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     cpu = dict(setup=TrainingSetup(compute_bytes=4, dropout_mask_bytes=None), context_bytes=0)
-    roomy = plan_fit(config, batch_size=4, max_seq_length=512, gpu_memory_bytes=2 * GiB, **cpu)
+    roomy = plan_fit(shape_from_config(config), batch_size=4, max_seq_length=512, gpu_memory_bytes=2 * GiB, **cpu)
     assert (roomy.micro_batch_size, roomy.gradient_accumulation_steps, roomy.gradient_checkpointing) == (4, 1, False)
     assert roomy.as_dict()["fits"] is True
     head = head_bytes(shape_from_config(config), cpu["setup"], 4 * 512)
     assert roomy.breakdown["backward_transient"] == head > roomy.breakdown["activations"]
     one_row = estimate(shape_from_config(config), cpu["setup"], micro_batch_size=1, max_seq_length=512,
                        gradient_checkpointing=False, context_bytes=0)
-    tight = plan_fit(config, batch_size=4, max_seq_length=512, gpu_memory_bytes=one_row.required, **cpu)
+    tight = plan_fit(shape_from_config(config), batch_size=4, max_seq_length=512, gpu_memory_bytes=one_row.required, **cpu)
     assert (tight.micro_batch_size, tight.gradient_accumulation_steps) == (1, 4)
-    summaries = plan_fit(config, batch_size=4, max_seq_length=512, gpu_memory_bytes=one_row.required,
+    summaries = plan_fit(shape_from_config(config), batch_size=4, max_seq_length=512, gpu_memory_bytes=one_row.required,
                          labelled_fraction=0.2, **cpu)
     assert summaries.micro_batch_size > 1  # few labelled tokens: a smaller head, a bigger micro-batch
 

@@ -44,6 +44,10 @@ DEFAULT_CONTEXT_BYTES = 1 * GiB  # CUDA context + cuBLAS/bitsandbytes workspaces
 DEFAULT_ALLOCATOR_MARGIN = 0.10  # reserved beyond allocated: fragmentation of the caching allocator
 
 
+#: model_type / architecture names whose decoder is the one modelled here.
+LLAMA_FAMILY = frozenset({"llama", "mistral", "qwen2", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"})
+
+
 class UnsupportedModel(ValueError):
     """The architecture is not one the memory model describes (the plan cannot be trusted)."""
 
@@ -91,66 +95,40 @@ class ModelShape:
         raise KeyError(name)
 
 
-def shape_from_config(config) -> ModelShape:
-    """Build the model on the meta device (no memory, no weights) and read its shape off it."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return shape_from_model(model)
-
-
-def shape_from_model(model) -> ModelShape:
-    """The shape of a constructed (meta, CPU or GPU) causal LM, counted from its modules."""
-    import torch
-
-    cfg = model.config
-    layers = _decoder_layers(model)
-    layer0 = layers[0]
-    linears = tuple(
-        (name.rsplit(".", 1)[-1], m.in_features, m.out_features)
-        for name, m in layer0.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    )
-    names = {n for n, _, _ in linears}
-    if not set(ATTENTION + MLP) <= names or len(linears) != len(ATTENTION + MLP):
+def shape_from_config_dict(config: dict) -> ModelShape:
+    """The shape of a Llama-family decoder from its `config.json` alone, in closed form: what
+    the API and the scheduler use (they never import torch). The worker counts the built
+    model instead (core.training.model_shape) and tests check both agree."""
+    types = {config.get("model_type"), *(config.get("architectures") or [])}
+    if not types & LLAMA_FAMILY:
         raise UnsupportedModel(
-            f"{type(model).__name__}: the memory model covers Llama-family decoders "
-            f"(q/k/v/o/gate/up/down_proj); this one has {sorted(names)}"
+            f"model_type {config.get('model_type')!r}: the memory model covers Llama-family decoders "
+            f"({', '.join(sorted(t for t in LLAMA_FAMILY if t.islower()))})"
         )
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    tied = head is embed
-    linear_weights = {id(m.weight) for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)}
-    other = sum(  # norms and biases; parameters() already skips a tied head
-        p.numel() for p in model.parameters() if id(p) not in linear_weights and p is not embed and p is not head
+    try:
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        kv = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or h // heads)
+        inter, vocab, layers = int(config["intermediate_size"]), int(config["vocab_size"]), int(config["num_hidden_layers"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnsupportedModel(f"config.json lacks a usable {e}") from None
+    linears = (
+        ("q_proj", h, heads * head_dim), ("k_proj", h, kv * head_dim), ("v_proj", h, kv * head_dim),
+        ("o_proj", heads * head_dim, h), ("gate_proj", h, inter), ("up_proj", h, inter), ("down_proj", inter, h),
     )
-    heads = cfg.num_attention_heads
+    # Biases: Qwen2 has them on q/k/v; Llama on all four attention projections with
+    # `attention_bias` and on the MLP's with `mlp_bias`.
+    with_bias = set(ATTENTION[:3]) if config.get("model_type") == "qwen2" else set()
+    with_bias |= set(ATTENTION) if config.get("attention_bias") else set()
+    with_bias |= set(MLP) if config.get("mlp_bias") else set()
+    tied = bool(config.get("tie_word_embeddings", False))
+    # Two RMSNorms per layer + the final one, and the biases.
+    norms = (2 * layers + 1) * h + layers * sum(o for n, _, o in linears if n in with_bias)
     return ModelShape(
-        hidden_size=cfg.hidden_size,
-        num_layers=len(layers),
-        num_heads=heads,
-        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-        intermediate_size=cfg.intermediate_size,
-        vocab_size=embed.shape[0],
-        tied_embeddings=tied,
-        layer_linears=linears,
-        embedding_params=embed.numel(),
-        head_params=0 if tied else head.numel(),
-        other_params=other,
+        hidden_size=h, num_layers=layers, num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
+        intermediate_size=inter, vocab_size=vocab, tied_embeddings=tied, layer_linears=linears,
+        embedding_params=vocab * h, head_params=0 if tied else vocab * h, other_params=norms,
     )
-
-
-def _decoder_layers(model):
-    import torch
-
-    n = model.config.num_hidden_layers
-    for m in model.modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) == n:
-            return m
-    raise UnsupportedModel(f"{type(model).__name__}: no list of {n} decoder layers found")
 
 
 # --- the pieces of memory ------------------------------------------------------------------
@@ -416,7 +394,7 @@ class DoesNotFit:
 
 
 def plan_fit(
-    config_or_shape,
+    shape: ModelShape,
     *,
     batch_size: int,
     max_seq_length: int,
@@ -434,7 +412,6 @@ def plan_fit(
     `batch_size` is the effective batch the job asked for (rows per optimizer step over all
     GPUs); the micro-batch is a divisor of its per-GPU share so accumulation makes it exact.
     """
-    shape = config_or_shape if isinstance(config_or_shape, ModelShape) else shape_from_config(config_or_shape)
     if batch_size % setup.gpus:
         raise ValueError(
             f"hyperparameters.batch_size: {batch_size} rows cannot be split evenly over resources.gpus {setup.gpus}"
