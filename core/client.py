@@ -36,6 +36,13 @@ class Connection:
     key: str
 
 
+@dataclass
+class StreamCursor:
+    """Where a job's event stream got to (the server's SSE id), kept across reconnects."""
+
+    last_event_id: str | None = None
+
+
 def connection_from_env(environ: Mapping[str, str] | None = None) -> Connection:
     env = os.environ if environ is None else environ
     url = env.get("TUNEFORGE_API_URL") or env.get("TUNEFORGE_PUBLIC_URL") or DEFAULT_URL
@@ -125,17 +132,24 @@ class Client:
     def artifacts(self, job_id: str) -> list[dict]:
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/artifacts")["data"]
 
-    def stream(self, job_id: str) -> Iterator[tuple[str, dict]]:
+    def stream(self, job_id: str, cursor: StreamCursor | None = None) -> Iterator[tuple[str, dict]]:
         """(kind, data) from the job's event stream — `status`, `event`, `metrics` — until
-        the server ends it (the job finished) or the connection drops."""
+        the server ends it (the job finished) or the connection drops. Pass the same
+        `cursor` to the next call after a drop: it sends the last id seen as `Last-Event-ID`,
+        so the server resumes there instead of sending the whole history again."""
         import json
 
+        cursor = cursor if cursor is not None else StreamCursor()
+        headers = {"Last-Event-ID": cursor.last_event_id} if cursor.last_event_id else {}
         try:
-            with connect_sse(self.http, "GET", f"/v1/fine_tuning/jobs/{job_id}/stream", timeout=httpx.Timeout(60, read=None)) as src:
+            with connect_sse(self.http, "GET", f"/v1/fine_tuning/jobs/{job_id}/stream", headers=headers,
+                             timeout=httpx.Timeout(60, read=None)) as src:
                 if src.response.status_code != 200:
                     src.response.read()
                     _checked(src.response)
                 for sse in src.iter_sse():
+                    if sse.id:
+                        cursor.last_event_id = sse.id
                     if sse.data:
                         yield sse.event, json.loads(sse.data)
         except httpx.HTTPError as e:

@@ -88,10 +88,11 @@ def watch(job_id: str) -> None:
 def _watch(client, job_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.client import ApiError
+    from core.client import ApiError, StreamCursor
     from core.states import is_terminal
 
     seen: set[str] = set()
+    cursor = StreamCursor()  # a dropped stream is rejoined where it broke off
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeRemainingColumn())
     try:
@@ -107,7 +108,7 @@ def _watch(client, job_id: str) -> int:
             for ev in client.events(job_id, limit=100):
                 say(ev)
             while not is_terminal(job["status"]):
-                for kind, data in client.stream(job_id):
+                for kind, data in client.stream(job_id, cursor):
                     if kind == "event":
                         say(data)
                     elif kind == "metrics" and "loss" in data["values"]:

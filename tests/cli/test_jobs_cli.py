@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from core.client import Client, StreamCursor
 from tests.jobdata import EVALUATION, TEMPLATE, hyperparameters, jsonl, news_rows
 
 
@@ -24,7 +25,7 @@ def spec_file(tmp_path: Path, model: Path, max_steps: int, every: int = 2, **ext
     return path
 
 
-def test_create_watch_list_download(tuneforge, e2e_model, e2e_env, cli_client, tmp_path):
+def test_create_watch_list_download(tuneforge, e2e_api, cli_key, e2e_model, e2e_env, cli_client, tmp_path):
     spec = spec_file(tmp_path, e2e_model, max_steps=4)
     done = tuneforge("jobs", "create", str(spec), "--watch")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -38,6 +39,14 @@ def test_create_watch_list_download(tuneforge, e2e_model, e2e_env, cli_client, t
 
     listed = tuneforge("jobs", "list")
     assert listed.returncode == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+
+    # A stream rejoined with the cursor of the last one sends nothing it already sent.
+    with Client(e2e_api, cli_key) as api:
+        cursor = StreamCursor()
+        first = [kind for kind, _ in api.stream(job_id, cursor)]
+        assert "event" in first and "metrics" in first and cursor.last_event_id
+        again = [kind for kind, _ in api.stream(job_id, cursor)]
+        assert "event" not in again and "metrics" not in again, again
 
     arts = {a["name"]: a for a in cli_client.http.get(f"/v1/fine_tuning/jobs/{job_id}/artifacts").json()["data"]}
     got = tuneforge("jobs", "download", job_id, "-o", str(tmp_path / "dl"))
