@@ -305,3 +305,9 @@ def make_team(stack_engine):
             return team.id, key
 
     return make
+
+
+
+# The one end-to-end stack (real API + worker + tiny model), shared by tests/e2e, tests/cli and
+# tests/browser: its session fixtures are registered once, here, so all three use one stack.
+pytest_plugins = ["tests.e2e_stack"]

@@ -10,19 +10,15 @@ tests/browser/screenshots/ (or $TUNEFORGE_SCREENSHOTS) so a failure can be looke
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 
-from core.services.auth import create_api_key, create_team
 
-# The end-to-end stack's fixtures (a real API, worker and model), shared with tests/e2e.
-from tests.e2e.conftest import Client, celery_worker, e2e_api, e2e_env, e2e_model  # noqa: F401
+# The end-to-end stack (a real API, worker and model) is tests/e2e_stack.py's, shared with tests/e2e.
+from tests.e2e_stack import Client, team_key
 
 CHROMIUM = os.environ.get("TUNEFORGE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("TUNEFORGE_SCREENSHOTS") or Path(__file__).parent / "screenshots")
@@ -46,18 +42,6 @@ def shots() -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {SHOTS}")
     return SHOTS
-
-
-def team_key(env: dict[str, str], name: str) -> str:
-    engine = create_engine(env["TUNEFORGE_DATABASE_URL"])
-    try:
-        with Session(engine) as s:
-            team = create_team(s, f"{name}-{secrets.token_hex(3)}")
-            _row, key = create_api_key(s, team.id)
-            s.commit()
-            return key
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="session")

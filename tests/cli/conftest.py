@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import team_key
-from tests.e2e.conftest import Client, celery_worker, e2e_api, e2e_env, e2e_model  # noqa: F401
+from tests.e2e_stack import Client, team_key
 
 TUNEFORGE = Path(sys.executable).with_name("tuneforge")
 
