@@ -95,6 +95,10 @@ class Settings(DataLimitSettings):
     # Webhook delivery (worker/webhooks.py): how long one POST may take, how long an event is
     # retried, the first backoff (doubling up to an hour), and how often each worker looks.
     webhook_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one webhook POST")
+    webhook_allow_private_targets: bool = Field(
+        False, description="Let webhooks reach loopback, private and link-local addresses (receivers on your own "
+        "network); off, they reach public addresses only (core/egress.py: no SSRF into the deployment)"
+    )
     webhook_retry_seconds: float = Field(86400.0, gt=0, description="How long a webhook event is retried")
     webhook_backoff_seconds: float = Field(5.0, gt=0, description="First retry delay; doubles per failed attempt")
     webhook_poll_seconds: float = Field(1.0, gt=0, description="How often each worker looks for due webhook deliveries")

@@ -185,6 +185,7 @@ def settings_env(stack_pg_url, redis_url, queue_name, stack_dir) -> dict[str, st
         "TUNEFORGE_HOME": str(stack_dir),
         "TUNEFORGE_DRY_RUN_TIMEOUT_SECONDS": "2",
         "TUNEFORGE_HEARTBEAT_SECONDS": "1",
+        "TUNEFORGE_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # the tests' webhook receivers listen on 127.0.0.1
     }
 
 

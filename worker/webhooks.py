@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from core.config import Settings
 from core.db import get_engine, session_scope
+from core.egress import TargetRefused, check_target
 from core.services import webhooks
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,13 @@ def lease_seconds(timeout: float) -> float:
     return 3 * timeout + 2
 
 
-def send(client: httpx.Client, due: webhooks.Due) -> tuple[bool, int | None, str | None]:
-    """One attempt: (delivered, HTTP status, error). Any 2xx counts as delivered."""
+def send(client: httpx.Client, due: webhooks.Due, allow_private: bool = False) -> tuple[bool, int | None, str | None]:
+    """One attempt: (delivered, HTTP status, error). Any 2xx counts as delivered. The target is
+    checked again here, not only at registration: its name may resolve elsewhere by now."""
+    try:
+        check_target(due.url, allow_private=allow_private)
+    except TargetRefused as e:
+        return False, None, f"not sent: {e}"
     headers = webhooks.signed_headers(due.secret, due.event_id, due.payload)
     try:
         r = client.post(due.url, content=due.payload.encode(), headers=headers)
@@ -92,7 +98,7 @@ class Deliverer:
 
     def _deliver(self, due: webhooks.Due) -> None:
         try:
-            ok, code, error = send(self.client, due)
+            ok, code, error = send(self.client, due, self.settings.webhook_allow_private_targets)
             with session_scope(self.engine) as s:
                 webhooks.record_attempt(s, due.id, ok=ok, status_code=code, error=error,
                                         retry_seconds=self.settings.webhook_retry_seconds,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from api.deps import Cursor, current_team, get_session
+from api.deps import Cursor, Services, current_team, get_session, services
 from api.errors import COMMON, responses
 from api.schemas import (
     DeletedResource,
@@ -28,8 +28,14 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=responses
 
 
 @router.post("", response_model=WebhookEndpointObject, responses=responses(413))
-def create(body: WebhookCreateRequest, team: Team = Depends(current_team), session: Session = Depends(get_session)):
-    ep = webhooks.create_endpoint(session, team.id, body.url, events=body.events, description=body.description)
+def create(
+    body: WebhookCreateRequest,
+    team: Team = Depends(current_team),
+    session: Session = Depends(get_session),
+    svc: Services = Depends(services),
+):
+    ep = webhooks.create_endpoint(session, team.id, body.url, events=body.events, description=body.description,
+                                  allow_private=svc.settings.webhook_allow_private_targets)
     session.commit()
     return webhook_endpoint_object(ep, with_secret=True)
 

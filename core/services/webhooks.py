@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
+from core.egress import TargetRefused, check_target
 from core.errors import InvalidRequest, NotFound
 from core.models import Job, WebhookDelivery, WebhookEndpoint, as_utc, new_id, utcnow
 from core.services.pagination import Page, paginate
@@ -76,9 +77,15 @@ def new_secret() -> str:
 
 
 def create_endpoint(
-    session: Session, team_id: str, url: str, *, events: list[str] | None = None, description: str | None = None
+    session: Session, team_id: str, url: str, *, events: list[str] | None = None, description: str | None = None,
+    allow_private: bool = False,
 ) -> WebhookEndpoint:
-    """The caller shows `endpoint.secret` once, in the creation response."""
+    """The caller shows `endpoint.secret` once, in the creation response. `allow_private` is
+    the deployment's `webhook_allow_private_targets` (core/egress.py says why it is off)."""
+    try:
+        check_target(_check_url(url), allow_private=allow_private)
+    except TargetRefused as e:
+        raise InvalidRequest(f"url: {e}", param="url", code="url_not_allowed") from None
     count = session.scalar(select(func.count()).where(WebhookEndpoint.team_id == team_id))
     if count >= MAX_ENDPOINTS_PER_TEAM:
         raise InvalidRequest(f"a team may register at most {MAX_ENDPOINTS_PER_TEAM} webhook endpoints", param="url")

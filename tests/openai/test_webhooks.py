@@ -184,7 +184,7 @@ def test_an_event_is_given_up_after_the_retry_window(db_session):
     from core.services.auth import create_team
 
     team = create_team(db_session, f"t-{secrets.token_hex(3)}")
-    ep = webhooks.create_endpoint(db_session, team.id, "http://127.0.0.1:9/x")
+    ep = webhooks.create_endpoint(db_session, team.id, "http://127.0.0.1:9/x", allow_private=True)
     webhooks.emit(db_session, team.id, "fine_tuning.job.failed", {"id": "ftjob-x"})
     (d,) = db_session.scalars(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == ep.id)).all()
     kept = webhooks.record_attempt(db_session, d.id, ok=False, status_code=503, error="HTTP 503", retry_seconds=86400, backoff_base=5)
@@ -202,6 +202,6 @@ def test_a_team_has_a_bounded_number_of_endpoints(db_session):
 
     team = create_team(db_session, f"t-{secrets.token_hex(3)}")
     for i in range(webhooks.MAX_ENDPOINTS_PER_TEAM):
-        webhooks.create_endpoint(db_session, team.id, f"http://127.0.0.1:9/{i}")
+        webhooks.create_endpoint(db_session, team.id, f"http://127.0.0.1:9/{i}", allow_private=True)
     with pytest.raises(InvalidRequest, match="at most"):
-        webhooks.create_endpoint(db_session, team.id, "http://127.0.0.1:9/one-too-many")
+        webhooks.create_endpoint(db_session, team.id, "http://127.0.0.1:9/one-too-many", allow_private=True)
