@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.errors import InvalidRequest, NotFound
 from core.models import Artifact, Checkpoint, Job, Team, as_utc
-from core.services.retention import checkpoints_to_keep
+from core.services.retention import split_checkpoints
 from core.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ def _fine_tuned_query(team_id: str):
     )
 
 
-def _adapter_info(session: Session, job: Job) -> dict[str, Any]:
-    arts = session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all()
+def _adapter_info(arts: list[Artifact]) -> dict[str, Any]:
     archive = next((a for a in arts if a.name == ADAPTER_ARCHIVE), None)
     return {
         "files": sorted(a.name for a in arts if a.name.startswith(ADAPTER_DIR)),
@@ -104,21 +104,27 @@ def _adapter_info(session: Session, job: Job) -> dict[str, Any]:
     }
 
 
-def _fine_tuned(session: Session, job: Job) -> CatalogModel:
+def _fine_tuned(job: Job, arts: list[Artifact]) -> CatalogModel:
     created = job.finished_at or job.created_at
     return CatalogModel(
         id=job.fine_tuned_model, created=int(as_utc(created).timestamp()), owned_by=job.team_id, parent=job.model,
-        job_id=job.id, adapter=_adapter_info(session, job),
+        job_id=job.id, adapter=_adapter_info(arts),
     )
+
+
+def _by_job(session: Session, model, job_ids: list[str]) -> dict[str, list]:
+    """Rows of `model` (Artifact, Checkpoint) of these jobs, grouped by job, in one query."""
+    grouped: dict[str, list] = defaultdict(list)
+    for row in session.scalars(select(model).where(model.job_id.in_(job_ids))) if job_ids else ():
+        grouped[row.job_id].append(row)
+    return grouped
 
 
 def _kept_checkpoints(session: Session, job: Job) -> list[Checkpoint]:
     """The job's checkpoints that its team's retention policy keeps (core.services.retention),
     newest first: the same set whether or not the runner has pruned the others yet."""
-    rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)).all()
-    team = session.get(Team, job.team_id)
-    keep = checkpoints_to_keep(((c.step, c.metrics) for c in rows), team.keep_checkpoints, team.keep_best_checkpoint)
-    return sorted((c for c in rows if c.step in keep), key=lambda c: c.step, reverse=True)
+    rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id))
+    return split_checkpoints(rows, session.get(Team, job.team_id))[0]
 
 
 def _checkpoint_model(job: Job, ck: Checkpoint) -> CatalogModel:
@@ -129,11 +135,15 @@ def _checkpoint_model(job: Job, ck: Checkpoint) -> CatalogModel:
 
 
 def list_models(session: Session, settings: Settings, team_id: str) -> list[CatalogModel]:
+    """Three queries however many models: the jobs, their artifacts, their checkpoints."""
     jobs = session.scalars(_fine_tuned_query(team_id).order_by(Job.id.desc())).all()
+    ids = [j.id for j in jobs]
+    arts, ckpts = _by_job(session, Artifact, ids), _by_job(session, Checkpoint, ids)
+    team = session.get(Team, team_id)
     out = base_models(settings)
     for j in jobs:
-        out.append(_fine_tuned(session, j))
-        out.extend(_checkpoint_model(j, ck) for ck in _kept_checkpoints(session, j))
+        out.append(_fine_tuned(j, arts[j.id]))
+        out.extend(_checkpoint_model(j, ck) for ck in split_checkpoints(ckpts[j.id], team)[0])
     return out
 
 
@@ -165,7 +175,8 @@ def get_model(session: Session, settings: Settings, team_id: str, model_id: str)
         found = _checkpoint_of(session, team_id, model_id)
         if found is not None:
             return _checkpoint_model(*found)
-        return _fine_tuned(session, _fine_tuned_job(session, team_id, model_id))
+        job = _fine_tuned_job(session, team_id, model_id)
+        return _fine_tuned(job, list(session.scalars(select(Artifact).where(Artifact.job_id == job.id))))
     for m in base_models(settings):
         if m.id == model_id:
             return m

@@ -64,6 +64,15 @@ def checkpoints_to_keep(checkpoints: Iterable[tuple[int, dict | None]], keep_las
     return keep
 
 
+def split_checkpoints(checkpoints: Iterable[Checkpoint], team: Team) -> tuple[list[Checkpoint], list[Checkpoint]]:
+    """(kept newest first, beyond the policy) of one job's checkpoint rows by its team's policy:
+    what the runner prunes and what /v1/models lists are the same split."""
+    rows = list(checkpoints)
+    keep = checkpoints_to_keep(((c.step, c.metrics) for c in rows), team.keep_checkpoints, team.keep_best_checkpoint)
+    kept = sorted((c for c in rows if c.step in keep), key=lambda c: c.step, reverse=True)
+    return kept, [c for c in rows if c.step not in keep]
+
+
 def prune_checkpoints(session: Session, job_id: str) -> list[str]:
     """Delete the rows of a finished job's checkpoints beyond its team's policy; returns
     their store prefixes for the caller to delete after the commit. A job that has not
@@ -71,10 +80,8 @@ def prune_checkpoints(session: Session, job_id: str) -> list[str]:
     job = session.get(Job, job_id)
     if job is None or job.status not in TERMINAL_VALUES:
         return []
-    team = session.get(Team, job.team_id)
-    rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)))
-    keep = checkpoints_to_keep(((c.step, c.metrics) for c in rows), team.keep_checkpoints, team.keep_best_checkpoint)
-    gone = [c for c in rows if c.step not in keep]
+    _kept, gone = split_checkpoints(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)),
+                                    session.get(Team, job.team_id))
     for c in gone:
         session.delete(c)
     session.flush()

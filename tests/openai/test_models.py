@@ -170,3 +170,33 @@ def test_export_adapters_command_writes_what_vllm_loads(ft_model, settings_env, 
     assert run.returncode == 0, run.stderr
     config = json.loads((tmp_path / "adapters" / name / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "org/tiny"  # what vLLM's resolver compares with its --model
+
+
+def test_listing_costs_the_same_queries_however_many_models(api, ft_model, run_as_worker, model_dir, stack_engine, settings):
+    """The jobs, their artifacts, their checkpoints (and the team): not a few queries per model."""
+    from sqlalchemy import event
+
+    def queries() -> tuple[int, int]:
+        seen: list[str] = []
+        listener = lambda *a: seen.append(a[2])  # noqa: E731 (before_cursor_execute's statement)
+        event.listen(stack_engine, "before_cursor_execute", listener)
+        try:
+            with Session(stack_engine) as s:
+                n = len(models_catalog.list_models(s, settings, api.team_id))
+        finally:
+            event.remove(stack_engine, "before_cursor_execute", listener)
+        return n, len(seen)
+
+    models_before, before = queries()
+    for _ in range(3):
+        job_id = api.job(str(model_dir), suffix="more").json()["id"]
+        claim = run_as_worker(job_id)
+        with Session(stack_engine) as s:
+            key = f"jobs/{job_id}/artifacts/adapter.tar.gz"
+            runs.record_artifact(s, job_id, claim.attempt, "adapter.tar.gz", 7, "0" * 64, key)
+            runs.record_checkpoint(s, job_id, claim.attempt, 1, f"jobs/{job_id}/checkpoints/step-1", {})
+            runs.finish(s, job_id, claim.attempt, JobStatus.SUCCEEDED, fine_tuned_model=f"ft:x:{api.team_id}:more:{job_id}")
+            s.commit()
+    models_after, after = queries()
+    assert models_after == models_before + 6  # three fine-tuned models and a checkpoint model each
+    assert after == before <= 5
