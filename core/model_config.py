@@ -98,15 +98,37 @@ def _read(path: Path, model: str) -> ModelConfig:
 
 def _from_hub(model: str, revision: str | None, cache_dir: str | Path | None, endpoint: str | None) -> ModelConfig:
     """`hf_hub_download` honours HF_HUB_OFFLINE (answers from the cache only), HF_ENDPOINT and
-    HF_TOKEN; any failure is a reason, not an error."""
-    try:
-        from huggingface_hub import hf_hub_download
+    HF_TOKEN; any failure is a reason, not an error.
 
+    One HEAD request without retries comes first: when nothing is cached, `hf_hub_download`
+    itself retries a network error for up to a minute (measured: 24 s against a host that does
+    not resolve), far too long for a create request. A hub that does not answer that HEAD is
+    treated as offline: the cached copy if there is one, else no config."""
+    unreachable: Exception | None = None
+    try:
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
+
+        offline = constants.HF_HUB_OFFLINE
+        if not offline:
+            try:
+                get_hf_file_metadata(hf_hub_url(model, "config.json", revision=revision, endpoint=endpoint),
+                                     timeout=HUB_TIMEOUT_SECONDS, endpoint=endpoint, retry_on_errors=False)
+            except HfHubHTTPError:
+                pass  # the hub answered (missing, gated, ...): hf_hub_download raises the precise error
+            except Exception as e:  # unreachable or too slow
+                unreachable, offline = e, True
         path = hf_hub_download(
             model, "config.json", revision=revision, cache_dir=str(cache_dir) if cache_dir else None,
-            etag_timeout=HUB_TIMEOUT_SECONDS, endpoint=endpoint,
+            etag_timeout=HUB_TIMEOUT_SECONDS, endpoint=endpoint, local_files_only=offline,
         )
     except Exception as e:  # offline, unreachable, missing, gated: the plan is unknown, never a 500
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        return ModelConfig(None, f"config.json of {model} could not be fetched from the hub ({type(e).__name__}{': ' + detail if detail else ''})")
+        if unreachable is not None:
+            return ModelConfig(None, f"the hub did not answer ({_brief(unreachable)}) and config.json of {model} is not cached")
+        return ModelConfig(None, f"config.json of {model} could not be fetched from the hub ({_brief(e)})")
     return _read(Path(path), model)
+
+
+def _brief(e: Exception) -> str:
+    text = str(e).strip()
+    return type(e).__name__ + (": " + text.splitlines()[0][:200] if text else "")

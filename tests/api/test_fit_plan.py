@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -284,8 +285,13 @@ def test_config_from_the_hub_and_an_unreachable_hub(tmp_path):
         assert missing.config is None and "acme/nothing" in missing.reason
     finally:
         hub.stop()
+    # The hub is gone: answered at once (one HEAD, no retries) from the host's cache, or None.
+    mc.clear_cache()
+    started = time.monotonic()
+    assert mc.model_config("acme/llama-8b", None, cache_dir=tmp_path / "cache", endpoint=hub.url).config == LLAMA3_8B
     gone = mc.model_config("acme/other", "main", cache_dir=tmp_path / "cache", endpoint=hub.url)
-    assert gone.config is None and "could not be fetched" in gone.reason
+    assert gone.config is None and "the hub did not answer" in gone.reason and "acme/other is not cached" in gone.reason
+    assert time.monotonic() - started < mc.HUB_TIMEOUT_SECONDS
 
 
 # --- over HTTP -----------------------------------------------------------------------------------
