@@ -8,6 +8,7 @@ the HTTP tests go through the live API of the shared stack."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from datetime import timedelta
@@ -22,7 +23,7 @@ from core.config import Settings
 from core.errors import InvalidRequest
 from core.jobrequest import JobCreateRequest
 from core.memory_plan import GiB, estimate, shape_from_config_dict
-from core.models import File, Job, Metric, Team, Worker, utcnow
+from core.models import File, Job, Team, Worker, utcnow
 from core.services import fit, jobs, runs
 from core.spec import JobSpec
 from tests.training.hub import LocalHub, write_repo
@@ -58,7 +59,10 @@ def settings(root) -> Settings:
 
 @pytest.fixture
 def team_file(db_session) -> tuple[str, str]:
-    s = db_session
+    return make_team_file(db_session)
+
+
+def make_team_file(s: Session) -> tuple[str, str]:
     team = Team(name=f"fit-{secrets.token_hex(3)}")
     s.add(team)
     s.flush()
@@ -224,10 +228,10 @@ def test_success_records_gpu_kind_and_throughput_and_validate_estimates_time(db_
     assert blind["total_tokens"] is None and blind["gpus"][1]["estimated_seconds"] is None
 
 
-def test_a_cpu_run_records_throughput_without_a_gpu_name(db_session, settings, root, team_file):
-    s = db_session
+def test_a_cpu_run_records_throughput_without_a_gpu_name(any_db, settings, root):
+    s = any_db  # the embedded mode's SQLite too: the mean is read from the JSON metric points
     gpu_worker(s, "fit-cpu", 0, gpus=0)
-    job = create(s, settings, team_file, model_dir(root, "tiny", None))
+    job = create(s, settings, make_team_file(s), model_dir(root, "tiny", None))
     claim = runs.claim_job(s, job.id, "fit-cpu", 60)
     runs.record_metrics(s, job.id, claim.attempt, 1, {"loss": 1.0, "tokens_per_second": 120.5})
     runs.finish(s, job.id, claim.attempt, "succeeded")
@@ -261,8 +265,6 @@ def test_config_from_a_local_directory_is_reread_when_it_changes(tmp_path):
     d = model_dir(tmp_path, "m", LLAMA3_8B)
     assert mc.model_config(str(d)).config == LLAMA3_8B
     (d / "config.json").write_text(json.dumps({**LLAMA3_8B, "num_hidden_layers": 2}))
-    import os
-
     os.utime(d / "config.json", ns=(1, 1))  # a different mtime, whatever the clock's resolution
     assert mc.model_config(str(d)).config["num_hidden_layers"] == 2
     (d / "config.json").write_text("[1, 2]")
