@@ -246,7 +246,10 @@ def create_job(
             raise
         # A concurrent retry with the same key won the insert.
         return _replay(_by_idempotency_key(session, team_id, idempotency_key), spec), False
-    set_job_status(session, job.id, S.QUEUED, message="Files validated; job queued", job=job)
+    message = "Files validated; job queued"
+    if plan.planned_gpu_memory_gb is not None:
+        message += f" (fit plan: needs ~{plan.planned_gpu_memory_gb:.1f} GiB per GPU)"
+    set_job_status(session, job.id, S.QUEUED, message=message, job=job)
     return job, True
 
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core import model_config as mc
@@ -23,7 +23,7 @@ from core.config import Settings
 from core.errors import InvalidRequest
 from core.jobrequest import JobCreateRequest
 from core.memory_plan import GiB, estimate, shape_from_config_dict
-from core.models import File, Job, Team, Worker, utcnow
+from core.models import File, Job, JobEvent, Team, Worker, utcnow
 from core.services import fit, jobs, runs
 from core.spec import JobSpec
 from tests.training.hub import LocalHub, write_repo
@@ -127,6 +127,8 @@ def test_create_stores_the_plan_and_the_memory_one_gpu_needs(db_session, setting
     spec = JobSpec.model_validate(job.spec)
     assert job.planned_gpu_memory_gb == pytest.approx(needed_gib(LLAMA3_8B, spec), abs=0.01)
     assert job.min_gpu_memory_gb is None  # the client's own figure stays apart
+    [queued] = db_session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)).all()
+    assert queued.message == f"Files validated; job queued (fit plan: needs ~{job.planned_gpu_memory_gb:.1f} GiB per GPU)"
     plan = job.plan
     assert plan["status"] == "planned" and plan["model_type"] == "llama" and plan["max_seq_length"] == 2048
     assert plan["needed_gpu_memory_gb"] == job.planned_gpu_memory_gb
