@@ -139,6 +139,9 @@ class FineTuningJob(BaseModel):
     queue_reason: str | None = None
     estimated_start: int | None = None
     spec_hash: str
+    # The fit plan made at create (core.services.fit): what one GPU needs, per live GPU kind
+    # the micro-batch and checkpointing it would run with, or "unknown" and why.
+    plan: dict[str, Any] | None = None
 
 
 #: Each spec section's defaults, filled under what a row stores (a row written before a field
@@ -217,6 +220,7 @@ def job_object(job: Job, queue: QueueInfo | None = None) -> FineTuningJob:
         queue_reason=queue.reason if queue else None,
         estimated_start=unix(queue.estimated_start) if queue else None,
         spec_hash=job.spec_hash,
+        plan=job.plan,
     )
 
 
@@ -328,6 +332,11 @@ class ValidationReport(BaseModel):
     spec_hash: str
     token_counts: dict[str, Any] | None
     warnings: list[str]
+    # The fit plan (core.services.fit.validation_plan): status ("planned" | "unknown" |
+    # "not_applicable") and reason, needed_gpu_memory_gb, total_tokens, optimizer_steps, and
+    # per live GPU kind ("gpus") the micro-batch, accumulation, checkpointing, predicted peak,
+    # required memory and estimated_seconds (null with estimate_reason before any measured run).
+    plan: dict[str, Any] | None = None
 
 
 # --- webhooks (extension) and models (OpenAI's model object) ----------------------------------

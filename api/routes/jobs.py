@@ -17,7 +17,7 @@ from api.schemas import FineTuningJob, ListObject, ValidationReport, job_object,
 from core.errors import InvalidRequest
 from core.jobrequest import JobCreateRequest
 from core.models import Team
-from core.services import jobs
+from core.services import fit, jobs
 from core.services.scheduling import queue_info
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"], responses=responses(*COMMON))
@@ -50,12 +50,15 @@ def validate(
     session: Session = Depends(get_session),
     svc: Services = Depends(services),
 ):
-    """Dry run: every API-side check, then a worker's token counts; nothing is queued."""
+    """Dry run: every API-side check (the fit plan's refusal included), then a worker's token
+    counts, then the plan with the tokens, steps and time estimate; nothing is queued."""
     spec = jobs.check_request(session, svc.settings, team.id, body)
+    plan = fit.plan_job(session, svc.settings, spec)
     session.rollback()  # release the read transaction before waiting on a worker
     counts, warning = svc.dispatcher.dry_run(spec.model_dump(mode="json"), team.id)
     return ValidationReport(
-        valid=True, spec=spec.model_dump(mode="json"), spec_hash=spec.hash(), token_counts=counts, warnings=[warning] if warning else []
+        valid=True, spec=spec.model_dump(mode="json"), spec_hash=spec.hash(), token_counts=counts,
+        warnings=[warning] if warning else [], plan=fit.validation_plan(session, spec, plan, counts),
     )
 
 

@@ -23,7 +23,7 @@ from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, Q
 from core.hubdata import REVISION, parse_hub_ref
 from core.jobrequest import JobCreateRequest
 from core.models import Checkpoint, File, Job, JobEvent, Team
-from core.services import series
+from core.services import fit, series
 from core.services.files import get_file
 from core.services.lifecycle import lock_job, set_job_status
 from core.services.pagination import Page, paginate
@@ -206,12 +206,17 @@ def create_job(
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Returns (job, created). A retried request with the same Idempotency-Key returns the
-    first job (created=False) instead of queueing twice. Caller commits, then dispatches."""
+    first job (created=False) instead of queueing twice. Caller commits, then dispatches.
+
+    The job's fit plan (core.services.fit) is stored with it: `planned_gpu_memory_gb` keeps it
+    off GPU workers too small for it; a job that fits no GPU worker of the pool is refused."""
     spec = check_request(session, settings, team_id, request)
     if idempotency_key:
         existing = _by_idempotency_key(session, team_id, idempotency_key)
         if existing is not None:
             return _replay(existing, spec), False
+    # Planned before the quota's team-row lock: it may wait on the hub for config.json.
+    plan = fit.plan_job(session, settings, spec)
     check_waiting_quota(session, team_id)
     job = Job(
         team_id=team_id,
@@ -228,6 +233,8 @@ def create_job(
         priority=request.priority,
         gpus=spec.resources.gpus,
         min_gpu_memory_gb=spec.resources.min_gpu_memory_gb,
+        plan=plan.as_dict(),
+        planned_gpu_memory_gb=plan.planned_gpu_memory_gb,
         max_attempts=settings.max_attempts,
     )
     try:
@@ -239,7 +246,10 @@ def create_job(
             raise
         # A concurrent retry with the same key won the insert.
         return _replay(_by_idempotency_key(session, team_id, idempotency_key), spec), False
-    set_job_status(session, job.id, S.QUEUED, message="Files validated; job queued", job=job)
+    message = "Files validated; job queued"
+    if plan.planned_gpu_memory_gb is not None:
+        message += f" (fit plan: needs ~{plan.planned_gpu_memory_gb:.1f} GiB per GPU)"
+    set_job_status(session, job.id, S.QUEUED, message=message, job=job)
     return job, True
 
 

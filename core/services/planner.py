@@ -65,13 +65,14 @@ class Waiting:
     created_at: datetime
     gpus: int
     min_gpu_memory_gb: float | None
+    planned_gpu_memory_gb: float | None
     queue_position: int | None
     queue_reason: str | None
     estimated_start: datetime | None
 
 
 _WAITING_COLUMNS = (Job.id, Job.team_id, Job.priority, Job.created_at, Job.gpus, Job.min_gpu_memory_gb,
-                    Job.queue_position, Job.queue_reason, Job.estimated_start)
+                    Job.planned_gpu_memory_gb, Job.queue_position, Job.queue_reason, Job.estimated_start)
 
 
 def try_planner_lock(session: Session) -> bool:
@@ -90,19 +91,31 @@ def try_planner_lock(session: Session) -> bool:
 # --- fit ------------------------------------------------------------------------------------
 
 
-def job_fits(worker_gpus: int, worker_gpu_memory_gb: float | None, job: Job) -> bool:
+def job_fits(worker_gpus: int, worker_gpu_memory_gb: float | None, job: Job | Waiting) -> bool:
     """Whether a worker of this shape could ever run the job (ignoring what is busy).
 
     A CPU worker (0 GPUs) takes jobs that ask for at most one device and no GPU memory,
-    so the embedded CPU mode runs default specs.
+    so the embedded CPU mode runs default specs; it ignores the job's planned GPU memory
+    (a small job runs there in the CPU mode). A GPU worker needs the client's
+    `min_gpu_memory_gb` and the memory the fit plan says one GPU needs
+    (`planned_gpu_memory_gb`, core.services.fit), whichever is larger.
     """
     if worker_gpus == 0:
         return (job.gpus or 0) <= 1 and job.min_gpu_memory_gb is None
     if (job.gpus or 0) > worker_gpus:
         return False
-    if job.min_gpu_memory_gb is not None:
-        return worker_gpu_memory_gb is not None and worker_gpu_memory_gb >= job.min_gpu_memory_gb
+    need = gpu_memory_needed(job)
+    if need is not None:
+        return worker_gpu_memory_gb is not None and worker_gpu_memory_gb >= need
     return True
+
+
+def gpu_memory_needed(job: Job | Waiting) -> float | None:
+    """The GPU memory (GiB, as Worker.gpu_memory_gb) a GPU worker must have for the job."""
+    asked, planned = job.min_gpu_memory_gb, job.planned_gpu_memory_gb
+    if asked is None or planned is None:
+        return asked if planned is None else planned
+    return max(asked, planned)
 
 
 @dataclass
@@ -121,7 +134,7 @@ class WorkerCapacity:
         return job_fits(self.gpus, self.gpu_memory_gb, job) and self.free >= slots_needed(job.gpus)
 
 
-def _live(now: datetime, heartbeat_timeout: timedelta):
+def is_live(now: datetime, heartbeat_timeout: timedelta):
     return and_(Worker.active.is_(True), Worker.last_heartbeat >= now - heartbeat_timeout)
 
 
@@ -130,18 +143,18 @@ def free_workers(session: Session, now: datetime, heartbeat_timeout: timedelta) 
     busy pool, a handful of rows)."""
     rows = session.execute(
         select(Worker.id, Worker.slots, Worker.gpus, Worker.gpu_memory_gb, Worker.used_slots)
-        .where(_live(now, heartbeat_timeout), Worker.used_slots < Worker.slots).order_by(Worker.id)
+        .where(is_live(now, heartbeat_timeout), Worker.used_slots < Worker.slots).order_by(Worker.id)
     )
     return [WorkerCapacity(*row) for row in rows]
 
 
 def pool_shapes(session: Session, now: datetime, heartbeat_timeout: timedelta) -> set[tuple[int, float | None]]:
     """The (GPUs, GPU memory) shapes of the live pool: whether any worker could ever run a job."""
-    return set(session.execute(select(Worker.gpus, Worker.gpu_memory_gb).where(_live(now, heartbeat_timeout)).distinct()).all())
+    return set(session.execute(select(Worker.gpus, Worker.gpu_memory_gb).where(is_live(now, heartbeat_timeout)).distinct()).all())
 
 
-def _shape(job: Job | Waiting) -> tuple[int, float | None]:
-    return job.gpus or 0, job.min_gpu_memory_gb
+def _shape(job: Job | Waiting) -> tuple[int, float | None, float | None]:
+    return job.gpus or 0, job.min_gpu_memory_gb, job.planned_gpu_memory_gb
 
 
 # --- fair share -----------------------------------------------------------------------------
@@ -392,7 +405,7 @@ def plan_tick(
 def _assign(session, queues, loads, free, max_assignments, out) -> bool:
     """The fair-share loop of the former planner, over lazily paged team queues. A job shape
     that fitted no free worker is not tried again this tick: slots only fill up."""
-    misfits: set[tuple[int, float | None]] = set()
+    misfits: set[tuple[int, float | None, float | None]] = set()
     while any(w.free > 0 for w in free):
         heads = {t: q.head(session) for t, q in queues.items()}
         eligible = [t for t, h in heads.items() if h is not None and not loads[t].at_limit]
@@ -488,8 +501,10 @@ def _rank(session: Session, queues: dict[str, TeamQueue], loads: dict[str, TeamL
                 can_run[shape] = any(job_fits(g, m, job) for g, m in shapes)
                 has_room[shape] = any(w.fits(job) for w in free)  # free as left by this tick
             if not can_run[shape]:
-                need = f"{job.gpus} GPU(s)" + (f" with >= {job.min_gpu_memory_gb:g} GB" if job.min_gpu_memory_gb else "")
-                reason = f"no live worker in the pool can run {need}"
+                reason = f"no live worker in the pool can run {job.gpus} GPU(s)"
+                if (need := gpu_memory_needed(job)) is not None:
+                    planned = job.planned_gpu_memory_gb is not None and need == job.planned_gpu_memory_gb
+                    reason += f" with >= {need:.1f} GB" + (" (the job's fit plan needs that per GPU)" if planned else "")
             elif loads[team_id].at_limit:
                 reason = f"team is at its running limit ({loads[team_id].max_running} jobs)"
             elif not has_room[shape]:

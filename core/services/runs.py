@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import StaleAttempt
-from core.models import Artifact, Checkpoint, Job, Metric, as_utc, utcnow
+from core.models import Artifact, Checkpoint, Job, Metric, Worker, as_utc, utcnow
 from core.notify import JOB_CHANGED, notify
 from core.services import series
 from core.services import webhooks
@@ -195,5 +195,20 @@ def finish(
         job.trained_tokens = trained_tokens
     if status is S.SUCCEEDED and job.total_steps:
         job.step = job.total_steps
+    if status is S.SUCCEEDED:
+        record_throughput(session, job)
     job.estimated_finish = None
     return set_job_status(session, job.id, status, attempt=attempt, job=job, message=message, error=error, data=data)
+
+
+def record_throughput(session: Session, job: Job) -> None:
+    """What the run measured, for the time estimates of later dry runs (core.services.fit):
+    the GPU kind of the worker that ran it and the job's training tokens/s. The logged
+    `tokens_per_second` counts the non-pad tokens one process fed its model, so a job on N
+    GPUs (N data-parallel ranks) processed N times as many."""
+    worker = session.get(Worker, job.worker_id) if job.worker_id else None
+    job.gpu_name = worker.gpu_name if worker is not None and worker.gpus else None
+    mean = session.scalar(
+        select(func.avg(Metric.values["tokens_per_second"].as_float())).where(Metric.job_id == job.id)
+    )
+    job.tokens_per_second = float(mean) * max(job.gpus or 0, 1) if mean else None

@@ -48,8 +48,11 @@ def job_fits(worker_gpus: int, worker_gpu_memory_gb: float | None, job: Job) -> 
         return (job.gpus or 0) <= 1 and job.min_gpu_memory_gb is None
     if (job.gpus or 0) > worker_gpus:
         return False
-    if job.min_gpu_memory_gb is not None:
-        return worker_gpu_memory_gb is not None and worker_gpu_memory_gb >= job.min_gpu_memory_gb
+    # The fit plan (issue 12): a GPU worker needs the larger of the client's minimum and the
+    # memory the plan says one GPU needs; a CPU worker ignores the planned figure.
+    needs = [m for m in (job.min_gpu_memory_gb, job.planned_gpu_memory_gb) if m is not None]
+    if needs:
+        return worker_gpu_memory_gb is not None and worker_gpu_memory_gb >= max(needs)
     return True
 
 

@@ -80,7 +80,7 @@ def random_pool(db: Session, rng: random.Random) -> None:
         n += 1
         db.add(new_job(rng.choice(teams).id, f"job-{n:04d}", priority=rng.choice([0, 0, 0, 1, 5]),
                        gpus=rng.choice([0, 1, 1, 1, 2, 4]), min_gpu_memory_gb=rng.choice([None, None, None, 40.0, 80.0]),
-                       created_at=ago()))
+                       planned_gpu_memory_gb=rng.choice([None, None, 20.5, 30.2, 60.0, 90.0]), created_at=ago()))
     db.flush()
 
 
