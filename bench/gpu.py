@@ -6,7 +6,9 @@
             quant): nothing is downloaded, the 4-bit path is transformers' own.
   adapter   LoRA r16 / alpha 32 on every linear layer but the head.
   data      the Korean news rows of examples/data (epochs repeat them as needed), max 2048 tokens.
-  variants  ours (core.training, micro-batch / accumulation / checkpointing from the fit plan),
+  variants  ours (core.training, micro-batch / accumulation / checkpointing from the fit plan,
+            micro-batches packed to the plan's token budget, "tuneforge_varlen" attention --
+            torch's varlen kernel -- and Liger's kernels when liger-kernel is installed),
             common (bench/pipeline.py's common recipe: pad to 2048, loss on every token, plain
             Trainer, with the checkpointing that recipe turns on), trl (stock TRL SFTTrainer at
             its best settings here: padding-free when flash-attention is installed, Liger when
@@ -81,6 +83,7 @@ def random_weights(seed: int = 0):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import core.training.model as model_stage
+    from core.training.attention import attn_implementation_for
 
     original = model_stage.load_base_model
 
@@ -94,6 +97,7 @@ def random_weights(seed: int = 0):
         del built
         qconf = model_stage.quantization_config(spec, dtype) if quantized else None
         model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype, device_map={"": dev},
+                                    attn_implementation=attn_implementation_for(dev),
                                     **({"quantization_config": qconf} if qconf is not None else {}))
         del state
         if dev == "cuda":
@@ -137,7 +141,8 @@ def run_variants(model_dir: Path, work: Path, args, plan) -> dict:
     with_hp = lambda spec, **kw: spec.model_copy(
         update={"hyperparameters": spec.hyperparameters.model_copy(update=kw)}
     )
-    ours = with_hp(base, batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.gradient_accumulation_steps, **hp)
+    ours = with_hp(base, batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.gradient_accumulation_steps,
+                   packing=True, **hp)
     # The common recipe online prepares the 4-bit model with checkpointing on (PEFT's default).
     common = with_hp(base, gradient_checkpointing=True)
     runs = {
