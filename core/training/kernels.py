@@ -38,9 +38,10 @@ def apply_kernels(model) -> list[str]:
     """Swap in Liger's RMSNorm / SwiGLU / RoPE on a loaded base model (before LoRA wraps it);
     returns the kernels applied ([] when Liger is off or knows no kernels for this model type).
 
-    Called by `model.load_model` right after the base model is loaded. Per instance, not by
-    patching transformers' classes before loading: a worker process that later loads another
-    model, or the CPU, never sees a patched class.
+    Called by `model.load_model` right after the base model is loaded, so it needs no model
+    type ahead of loading. Liger patches the instance's modules and, in passing, the model
+    type's transformers module (its RoPE function, norm and MLP classes): later loads of that
+    type in the same process get the same kernels, which on a CUDA worker they would anyway.
     """
     device = next(model.parameters()).device
     if not liger_enabled(device):
@@ -74,8 +75,11 @@ def fused_linear_cross_entropy(
     if hidden.shape[0] == 0:  # a micro-batch without labels: a zero loss that keeps the graph
         zero = hidden.sum() * 0.0
         return zero.float(), torch.zeros((), dtype=torch.long, device=hidden.device)
+    # The matmul in the dtype autocast would give the head (peft's k-bit preparation keeps the
+    # head's weight in fp32; an fp32 matmul over a 128k vocabulary is several times slower).
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else weight.dtype
     out = liger_fused_linear_cross_entropy(
-        hidden.to(weight.dtype).contiguous(), weight, targets, reduction="sum", return_token_accuracy=True
+        hidden.to(dtype).contiguous(), weight.to(dtype), targets, reduction="sum", return_token_accuracy=True
     )
     correct = (out.token_accuracy.detach() * targets.numel()).round().long()
     return out.loss.float(), correct

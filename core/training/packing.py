@@ -22,6 +22,14 @@ import random
 from collections.abc import Iterator, Sequence
 
 
+def packing_budget(spec, plan=None) -> int:
+    """Tokens per packed micro-batch: the run plan's `micro_batch_tokens`; without a plan (the
+    CPU), the spec's own batch_rows x max_seq_length (`plan.spec_plan`)."""
+    from core.training.plan import spec_plan
+
+    return (plan or spec_plan(spec)).micro_batch_tokens
+
+
 def pack(lengths: Sequence[int], budget: int, seed: int = 0) -> list[list[int]]:
     """Best-fit decreasing: indices grouped into bins of total length <= budget.
 

@@ -210,14 +210,13 @@ def build_trainer(
         varlen_attention,
     )
 
-    from core.training.packing import PackedBatchSampler
-    from core.training.plan import spec_plan
+    from core.training.packing import PackedBatchSampler, packing_budget
 
     packing = spec.hyperparameters.packing
     packed = None
     if packing is True or (packing == "auto" and varlen_attention(model)):
         # Micro-batches packed to the plan's token budget (best-fit decreasing, seeded order).
-        budget = spec_plan(spec).micro_batch_tokens  # TODO(lead): plan.micro_batch_tokens once build_trainer has `plan`
+        budget = packing_budget(spec)
         packed = PackedBatchSampler([len(e.input_ids) for e in train], budget, spec.seed)
         collator = PaddingFreeCollator(tokenizer.pad_token_id)
     else:
