@@ -11,7 +11,7 @@ own earlier tokens. The options that install from PyPI alone (docs/packing.md co
 - flex_attention with a document mask: no dense mask, skips empty blocks, but compiles per
   shape (torch.compile, Triton) -- minutes of warm-up on varying packed lengths, and a
   recompile whenever the block structure changes shape.
-- torch's own `torch.nn.attention.varlen.varlen_attn` (PyTorch >= 2.9, CUDA, sm80+): the
+- torch's own `torch.nn.attention.varlen.varlen_attn` (PyTorch >= 2.12, CUDA, sm80+): the
   FlashAttention-2 varlen kernel that ships inside the torch wheel, with GQA
   (`enable_gqa`) and autograd. No mask at all, no wasted work across boundaries, no compile.
   That is what this module registers on CUDA.
@@ -30,6 +30,8 @@ SDPA with the usual mask: the registered mask function builds exactly sdpa's mas
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -42,10 +44,14 @@ def varlen_kernel_available(device: str | torch.device = "cuda") -> bool:
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return False
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return False
-    return torch.cuda.get_device_capability() >= (8, 0)
+    # torch 2.9-2.10's first version had neither GQA nor a causal window argument.
+    params = inspect.signature(varlen_attn).parameters
+    if not {"enable_gqa", "window_size"} <= params.keys():
+        return False
+    return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
 
 
 def attn_implementation_for(device: str | torch.device) -> str:
