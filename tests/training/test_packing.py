@@ -155,9 +155,10 @@ def test_packing_fills_the_token_budget_on_the_korean_news(news_lengths):
     padded = [max(news_lengths[i:i + 4]) * len(news_lengths[i:i + 4]) for i in range(0, len(news_lengths), 4)]
     padded_fill = sum(news_lengths) / sum(padded)
     lower_bound = -(-sum(news_lengths) // budget)
-    assert len(sampler) == lower_bound  # as few micro-batches as the tokens allow
-    full_bins = sampler.bins[:-1] if len(sampler.bins) > 1 else sampler.bins
-    assert min(sum(news_lengths[i] for i in b) for b in full_bins) / budget > 0.9 > padded_fill or len(sampler) == 1
+    assert len(sampler) == lower_bound > 1  # as few micro-batches as the tokens allow
+    fills = sorted(sum(news_lengths[i] for i in b) / budget for b in sampler.bins)
+    assert fills[1] > 0.99  # every bin but the one holding the remainder is full (measured 99.9%)
+    assert padded_fill < 0.8  # where padded 4-row batches waste over a fifth (measured 78%)
 
 
 def test_batches_are_deterministic_per_seed_and_epoch_and_cover_every_example(news_lengths):
