@@ -246,3 +246,20 @@ def test_paused_packed_run_resumes_onto_the_uninterrupted_adapter(packed_spec, p
     a, b = _adapter(straight), _adapter(tmp_path)
     assert a.keys() == b.keys()
     assert max(float((a[n] - b[n]).abs().max()) for n in a) == 0.0  # bitwise on the CPU
+
+
+def test_two_ranks_train_packed_micro_batches(tiny_model_dir, learn_file, tmp_path):
+    """`packing: true` under DDP (two CPU ranks, gloo): accelerate shards the packer's bins."""
+    from tests.training.test_distributed import finish, pairs_spec, read_events, two_ranks
+
+    spec = pairs_spec(tiny_model_dir, learn_file, n_epochs=2, checkpoint_every_steps=100, packing=True,
+                      max_seq_length=32)
+    proc, events = two_ranks(tmp_path, spec.model_copy(update={"validation_file": None}))
+    assert finish(proc, tmp_path) == 0, (tmp_path / "child.log").read_text(errors="replace")[-3000:]
+    got = read_events(events)
+    steps = [e for e in got if e["type"] == "metrics" and "loss" in e["values"]]
+    # 8 rows of ~23 tokens in bins of 2 x 32 tokens: 4 bins, 2 per rank -> 2 steps an epoch.
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert all(e["values"]["loss"] > 0 for e in steps)
+    results = [e for e in got if e["type"] == "result"]
+    assert len(results) == 1 and results[0]["status"] == "succeeded"
