@@ -31,6 +31,7 @@ SDPA with the usual mask: the registered mask function builds exactly sdpa's mas
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def varlen_kernel_available(device: str | torch.device = "cuda") -> bool:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return False
-    # torch 2.9-2.10's first version had neither GQA nor a causal window argument.
+    # Before torch 2.12 varlen_attn had no `enable_gqa` (and in 2.9 no `window_size`).
     params = inspect.signature(varlen_attn).parameters
     if not {"enable_gqa", "window_size"} <= params.keys():
         return False
@@ -70,7 +71,7 @@ def attn_implementation_for(device: str | torch.device) -> str:
 def packed_kwargs(lengths: list[int]) -> dict:
     """The segment boundaries of one packed row of examples of these lengths (host-side ints:
     building them here costs nothing, deriving them per layer would sync the GPU each time)."""
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
     longest = max(lengths)
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
