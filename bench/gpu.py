@@ -6,11 +6,14 @@
             quant): nothing is downloaded, the 4-bit path is transformers' own.
   adapter   LoRA r16 / alpha 32 on every linear layer but the head.
   data      the Korean news rows of examples/data (epochs repeat them as needed), max 2048 tokens.
-  variants  ours (core.training, micro-batch / accumulation / checkpointing from the fit plan),
+  variants  ours (core.training, micro-batch / accumulation / checkpointing from the fit plan,
+            micro-batches packed to the plan's token budget, "tuneforge_varlen" attention --
+            torch's varlen kernel -- and Liger's kernels when liger-kernel is installed),
             common (bench/pipeline.py's common recipe: pad to 2048, loss on every token, plain
-            Trainer, with the checkpointing that recipe turns on), trl (stock TRL SFTTrainer at
-            its best settings here: padding-free when flash-attention is installed, Liger when
-            liger-kernel is installed). The variants themselves are bench/pipeline.py's.
+            Trainer, with the checkpointing that recipe turns on, no fused kernels; run first),
+            trl (stock TRL SFTTrainer at its best settings here: padding-free when
+            flash-attention is installed, Liger when liger-kernel is installed). The variants
+            themselves are bench/pipeline.py's.
   per row   non-pad tokens/s, examples/s, MFU, peak memory (torch.cuda.max_memory_allocated),
             first and last loss and the largest gradient norm (a run that does not train is void).
   MFU       FLOPs per token = 4 x base params (forward + input gradients; frozen weights get no
@@ -81,6 +84,7 @@ def random_weights(seed: int = 0):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import core.training.model as model_stage
+    from core.training.attention import attn_implementation_for
 
     original = model_stage.load_base_model
 
@@ -94,6 +98,7 @@ def random_weights(seed: int = 0):
         del built
         qconf = model_stage.quantization_config(spec, dtype) if quantized else None
         model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype, device_map={"": dev},
+                                    attn_implementation=attn_implementation_for(dev),
                                     **({"quantization_config": qconf} if qconf is not None else {}))
         del state
         if dev == "cuda":
@@ -137,23 +142,47 @@ def run_variants(model_dir: Path, work: Path, args, plan) -> dict:
     with_hp = lambda spec, **kw: spec.model_copy(
         update={"hyperparameters": spec.hyperparameters.model_copy(update=kw)}
     )
-    ours = with_hp(base, batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.gradient_accumulation_steps, **hp)
+    ours = with_hp(base, batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.gradient_accumulation_steps,
+                   packing=True, **hp)
     # The common recipe online prepares the 4-bit model with checkpointing on (PEFT's default).
     common = with_hp(base, gradient_checkpointing=True)
+    def plain(out):
+        with without_fused_kernels():
+            return pipeline.run_common(common, out)
+
     runs = {
         "ours": lambda out: pipeline.run_ours(ours, out),
-        "common": lambda out: pipeline.run_common(common, out),
+        "common": plain,
         "trl": lambda out: pipeline.run_trl(common, out, **trl_best_overrides(True)),
     }
+    names = args.variants.split(",")
+    # The common recipe first: Liger patches the model type's transformers module in passing
+    # (RoPE function, norm and MLP classes), so after ours or TRL with Liger had run, a plain
+    # model of the same type in this process would no longer be plain.
     results = {}
-    for name in args.variants.split(","):
+    for name in sorted(names, key=lambda n: n != "common"):
         torch.manual_seed(0)
         t0 = time.perf_counter()
         results[name] = runs[name](work / name)
         results[name]["wall"] = time.perf_counter() - t0
         print(f"  {name}: done in {results[name]['wall']:.0f}s", flush=True)
         release_memory()
-    return results
+    return {name: results[name] for name in names}
+
+
+@contextmanager
+def without_fused_kernels():
+    """The common recipe loads its model through the same `load_model` as ours; inside this
+    block that function applies no Liger kernels (the recipe is plain transformers). Its
+    attention stays as loaded: its rows are padded, so "tuneforge_varlen" runs exactly sdpa."""
+    import core.training.kernels as kernels
+
+    original = kernels.apply_kernels
+    kernels.apply_kernels = lambda model: []
+    try:
+        yield
+    finally:
+        kernels.apply_kernels = original
 
 
 # --- plan vs measured --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 # Versions: what this repository is tested with (pyproject ranges), for Python 3.12 x86-64.
+# liger-kernel (the `gpu` extra) is a pure-Python wheel (py3-none-any, ~0.9 MB): its kernels are
+# Triton, compiled on the host by the triton that CUDA torch wheels depend on; nothing to build.
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform any -d "$OUT" \

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from core.training.attention import NAME as ATTENTION_NAME
+from core.training.attention import PACKED_KWARGS, packed_kwargs, varlen_kernel_available
 from core.training.encoding import IGNORE_INDEX
 
 
@@ -52,10 +54,12 @@ class DynamicPaddingCollator:
 class PaddingFreeCollator:
     """Packs the batch into one row with no padding; position_ids restart at 0 for each example.
 
-    transformers 5 turns restarting position_ids (with no attention_mask) into per-example
-    attention -- varlen kernels under flash-attention, a block-diagonal mask otherwise -- so
-    examples never attend across their boundary. The first label of each example is ignored
-    so no token is trained to predict the next example.
+    The row also carries its segment boundaries (`cu_seq_lens_q/k`, `max_length_q/k`), which
+    the varlen kernels use directly: "tuneforge_varlen" (core/training/attention.py) and
+    flash-attention. Under plain sdpa, transformers 5 turns the restarting position_ids (with
+    no attention_mask) into a block-diagonal mask. Either way examples never attend across
+    their boundary. The first label of each example is ignored so no token is trained to
+    predict the next example (its first token follows the previous example's last).
     """
 
     pad_token_id: int = 0  # unused: nothing is padded; kept for a uniform constructor
@@ -72,13 +76,19 @@ class PaddingFreeCollator:
             "input_ids": as_row(ids),
             "labels": as_row(labels),
             "position_ids": as_row(positions),
+            **packed_kwargs([len(f["input_ids"]) for f in features]),
         }
 
 
 def varlen_attention(model) -> bool:
-    """True when the model's attention runs packed sequences without a dense mask."""
+    """True when the model's attention runs packed sequences without a dense mask: a flash
+    implementation, or "tuneforge_varlen" on a CUDA device (its CPU path is boundary-safe but
+    loops over examples, so it is no reason to pack by default there)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    return "flash" in impl
+    if "flash" in impl:
+        return True
+    param = next(model.parameters(), None)
+    return impl == ATTENTION_NAME and param is not None and varlen_kernel_available(param.device)
 
 
 # Architectures whose logits are exactly lm_head(final hidden state): no softcapping
@@ -119,17 +129,26 @@ def completion_loss(
     """(sum of token losses, number of labelled tokens, number predicted right) for a batch.
 
     Computed in fp32 on the labelled positions only. Works on a PEFT model or a plain one.
+    On CUDA with Liger (kernels.py) the head and the loss are one fused kernel over those
+    positions (hidden[keep] x lm_head.weight, the logits never held); elsewhere the head runs
+    on them and the loss follows.
     """
+    from core.training.kernels import fused_linear_cross_entropy
+
     labels = batch["labels"]
     shift_labels = labels[:, 1:]
     keep = shift_labels != IGNORE_INDEX
+    targets = shift_labels[keep]
     if supports_selective_head(model):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = base.get_decoder()(**_model_inputs(batch)).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+        hidden = base.get_decoder()(**_model_inputs(batch)).last_hidden_state[:, :-1][keep]
+        head = base.get_output_embeddings()
+        fused = fused_linear_cross_entropy(hidden, head.weight, targets) if head.bias is None else None
+        if fused is not None:
+            return fused[0], keep.sum(), fused[1]
+        logits = head(hidden)
     else:
         logits = model(**_model_inputs(batch)).logits[:, :-1][keep]
-    targets = shift_labels[keep]
     logits = logits.float()
     loss_sum = F.cross_entropy(logits, targets, reduction="sum")
     with torch.no_grad():
@@ -138,7 +157,7 @@ def completion_loss(
 
 
 def _model_inputs(batch: dict[str, torch.Tensor]) -> dict:
-    keys = ("input_ids", "attention_mask", "position_ids")
+    keys = ("input_ids", "attention_mask", "position_ids", *PACKED_KWARGS)
     return {k: batch[k] for k in keys if batch.get(k) is not None} | {
         "use_cache": False
     }

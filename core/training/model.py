@@ -70,6 +70,8 @@ def load_tokenizer(spec: JobSpec):
 def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True):
     from transformers import AutoModelForCausalLM
 
+    from core.training.attention import attn_implementation_for
+
     kwargs = {
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
@@ -79,6 +81,7 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True
     if qconf is not None:
         kwargs["quantization_config"] = qconf
     dev = device()
+    kwargs["attn_implementation"] = attn_implementation_for(dev)  # packed rows: core/training/attention.py
     # Under accelerate launch each rank holds a whole copy on its own GPU.
     kwargs["device_map"] = {"": local_rank()} if dev == "cuda" else {"": "cpu"}
     try:
@@ -110,7 +113,10 @@ def load_model(spec: JobSpec, dtype: torch.dtype):
     """The base model, prepared for k-bit training when quantized, with a fresh LoRA adapter."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    from core.training.kernels import apply_kernels
+
     model = load_base_model(spec, dtype)
+    apply_kernels(model)  # Liger's RMSNorm/SwiGLU/RoPE on CUDA when installed (core/training/kernels.py)
     gc = spec.hyperparameters.gradient_checkpointing is True
     if spec.quantization.bits is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)

@@ -96,9 +96,10 @@ def training_args(
 class CompletionOnlySFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects to the vocabulary only at labelled positions."""
 
-    def __init__(self, *args, eval_examples=(), **kwargs):
+    def __init__(self, *args, eval_examples=(), packed_batches=None, **kwargs):
         from core.training.model import upcast_adapter
 
+        self.packed_batches = packed_batches  # a packing.PackedBatchSampler, or None: rows
         super().__init__(*args, **kwargs)
         upcast_adapter(self.model)  # undo TRL's bf16 cast: fp32 master weights (DESIGN §6.9)
         self.eval_examples = list(eval_examples)
@@ -109,6 +110,28 @@ class CompletionOnlySFTTrainer(SFTTrainer):
         self._tf_correct = 0
         self._tf_labelled = 0
         self._tf_clock = time.perf_counter()
+
+    def get_train_dataloader(self):
+        """Packed runs: one micro-batch per bin of the token-budget packer (packing.py).
+
+        The loader goes through `accelerator.prepare` like Trainer's own, so under DDP each rank
+        gets its share of the bins, the Trainer's epoch loop reaches the sampler's `set_epoch`
+        (that epoch's seeded order), and a resumed run skips its consumed micro-batches with
+        accelerate's `skip_first_batches`. `len` is the number of bins, the same every epoch,
+        so the steps per epoch the Trainer computes once hold for the whole run.
+        """
+        if self.packed_batches is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=self.packed_batches,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
 
     def compute_loss(
         self, model, inputs, return_outputs=False, num_items_in_batch=None
@@ -187,8 +210,14 @@ def build_trainer(
         varlen_attention,
     )
 
+    from core.training.packing import PackedBatchSampler, packing_budget
+
     packing = spec.hyperparameters.packing
+    packed = None
     if packing is True or (packing == "auto" and varlen_attention(model)):
+        # Micro-batches packed to the plan's token budget (best-fit decreasing, seeded order).
+        budget = packing_budget(spec)
+        packed = PackedBatchSampler([len(e.input_ids) for e in train], budget, spec.seed)
         collator = PaddingFreeCollator(tokenizer.pad_token_id)
     else:
         collator = DynamicPaddingCollator(
@@ -204,6 +233,7 @@ def build_trainer(
         data_collator=collator,
         callbacks=list(callbacks),
         eval_examples=evals or (),
+        packed_batches=packed,
     )
 
 

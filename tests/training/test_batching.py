@@ -11,6 +11,7 @@ from core.training.batching import (
     PaddingFreeCollator,
     completion_loss,
     supports_selective_head,
+    varlen_attention,
 )
 from core.training.encoding import encode
 
@@ -116,3 +117,46 @@ def test_loss_equals_the_models_own_logits_whatever_the_head(model_type):
         logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
     reference = F.cross_entropy(logits.reshape(-1, 128).float(), labels[:, 1:].reshape(-1), reduction="sum")
     assert int(n) == 14 and float(loss_sum) == pytest.approx(float(reference), rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU's choice")
+@torch.no_grad()
+def test_without_cuda_the_plain_loss_and_attention_paths_are_chosen(model_and_features, tiny_tokenizer):
+    """No CUDA (or no liger-kernel): no Liger patch, no fused loss, the plain head + fp32
+    cross-entropy; the varlen kernel is not claimed, so `packing: auto` stays off."""
+    from core.training.attention import NAME, attn_implementation_for
+    from core.training.kernels import apply_kernels, fused_linear_cross_entropy, liger_enabled
+
+    model, feats = model_and_features
+    assert not liger_enabled() and not liger_enabled("cpu")
+    assert apply_kernels(model) == []
+    hidden, weight = torch.randn(3, 32), torch.randn(10, 32)
+    assert fused_linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3])) is None
+    assert attn_implementation_for("cpu") == NAME and attn_implementation_for("cuda") == "sdpa"
+    assert not varlen_attention(model)
+    batch = DynamicPaddingCollator(tiny_tokenizer.pad_token_id)(feats)
+    loss_sum, n, correct = completion_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    keep = batch["labels"][:, 1:] != -100
+    assert int(correct) == int((logits[keep].argmax(-1) == batch["labels"][:, 1:][keep]).sum())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_linear_cross_entropy_equals_the_plain_loss_on_cuda():
+    """Liger's fused head + loss against the materialised logits: same loss sum and accuracy."""
+    from core.training.kernels import fused_linear_cross_entropy, liger_enabled
+
+    if not liger_enabled():
+        pytest.skip("liger-kernel is not installed (the `gpu` extra)")
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(5000, 256, device="cuda", dtype=torch.bfloat16) * 0.05
+    targets = torch.randint(0, 5000, (300,), device="cuda")
+    loss, correct = fused_linear_cross_entropy(hidden, weight, targets)
+    logits = (hidden @ weight.T).float()
+    ref = F.cross_entropy(logits, targets, reduction="sum")
+    assert float(loss) == pytest.approx(float(ref), rel=2e-2)
+    assert abs(int(correct) - int((logits.argmax(-1) == targets).sum())) <= 3
+    loss.backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
