@@ -46,7 +46,7 @@ def straight(oom_spec, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "inject, resumed_from",
-    [("micro_batch>1", "the start"), ("micro_batch>1,after=2", "checkpoint-2")],
+    [("micro_batch>2", "the start"), ("micro_batch>2,after=2", "checkpoint-2")],
     ids=["at-the-first-step", "after-a-checkpoint"],
 )
 def test_an_out_of_memory_retries_with_half_the_micro_batch_on_the_same_trajectory(
