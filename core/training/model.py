@@ -85,7 +85,11 @@ def fetch_model(spec: JobSpec, progress=None):
     cache = model_cache_dir()
     key = (spec.model, spec.revision, str(cache))
     if key not in _FETCHED:
-        _FETCHED[key] = ensure_model(spec.model, spec.revision, cache, progress=progress)
+        # The hub as the worker's environment names it (HF_ENDPOINT: a mirror or proxy), read
+        # here rather than at huggingface_hub's import.
+        _FETCHED[key] = ensure_model(
+            spec.model, spec.revision, cache, progress=progress, endpoint=os.environ.get("HF_ENDPOINT") or None
+        )
     return _FETCHED[key]
 
 
