@@ -172,7 +172,7 @@ def load_model(spec: JobSpec, dtype: torch.dtype, plan=None):
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
         )
     elif gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
     model.config.use_cache = False
     keep_4bit_layout(model)
     if spec.from_checkpoint is not None:

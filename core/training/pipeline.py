@@ -141,7 +141,7 @@ def run(
             break
         failed.append(plan)
         del trainer, callback
-        _free_memory()
+        _free_memory(model)
         plan, resume = _after_out_of_memory(spec, plan, failed, world_size(), checkpoints, model, initial, reporter, main)
         trainer, callback = build(plan)
 
@@ -195,11 +195,15 @@ def torch_out_of_memory() -> type[BaseException]:
     return torch.OutOfMemoryError
 
 
-def _free_memory() -> None:
+def _free_memory(model) -> None:
+    """After an out-of-memory: the gradients the failed step left, then whatever the dropped
+    trainer (optimizer state) and the exception's frames (activations) held."""
     import gc
 
     import torch
 
+    for p in model.parameters():
+        p.grad = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -75,8 +75,9 @@ def training_args(
         # is only worth it when activations do not fit, so the plan decides ("auto": only when
         # the micro-batch does not fit without it). Non-reentrant: the reentrant variant needs
         # an input that requires grad and warns on every step under PEFT.
-        gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
+        # (transformers 5's names for gradient checkpointing; the old ones are deprecated)
+        activation_checkpointing=plan.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=on_cpu,

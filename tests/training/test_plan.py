@@ -120,14 +120,14 @@ def test_the_trainer_runs_the_plan(tmp_path):
     s = spec(batch_size=4)
     default = training_args(s, tmp_path, torch.float32, has_eval=False)
     assert (default["per_device_train_batch_size"], default["gradient_accumulation_steps"]) == (4, 1)
-    assert default["gradient_checkpointing"] is False
+    assert default["activation_checkpointing"] is False
     plan = RunPlan(2, 2 * 64, 2, True)
     args = sft_config(s, tmp_path, torch.float32, False, plan)
     assert (args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) == (2, 2, 2)
-    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
     dpo_spec = JobSpec(model="unused", training_file="unused.jsonl", method={"type": "dpo"})
     dpo = dpo_config(dpo_spec, tmp_path, torch.float32, False, plan)
-    assert (dpo.per_device_train_batch_size, dpo.gradient_accumulation_steps, dpo.gradient_checkpointing) == (2, 2, True)
+    assert (dpo.per_device_train_batch_size, dpo.gradient_accumulation_steps, dpo.activation_checkpointing) == (2, 2, True)
 
 
 def test_the_model_is_loaded_with_the_plans_checkpointing(tiny_model_dir, learn_file):
@@ -135,7 +135,7 @@ def test_the_model_is_loaded_with_the_plans_checkpointing(tiny_model_dir, learn_
     from tests.training.test_pipeline import learn_spec
 
     s = learn_spec(tiny_model_dir, learn_file)
-    assert not load_model(s, torch.float32).base_model.model.is_gradient_checkpointing
+    assert not load_model(s, torch.float32).base_model.model.is_activation_checkpointing
     on = load_model(s, torch.float32, RunPlan(2, 128, 2, True))
-    assert on.base_model.model.is_gradient_checkpointing
+    assert on.base_model.model.is_activation_checkpointing
 
