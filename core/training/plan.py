@@ -131,7 +131,9 @@ def make_plan(
         config = AutoConfig.from_pretrained(config, trust_remote_code=spec.trust_remote_code)
     try:
         shape = shape_from_config(config)
-    except UnsupportedModel as e:
+    except (UnsupportedModel, ValueError, KeyError, AttributeError, TypeError) as e:
+        # Not a decoder the memory model describes (or one that cannot be built from its config
+        # alone, e.g. remote code): the spec's own plan, and the OOM retry behind it.
         return replace(spec_plan(spec, reason=f"as the spec says ({e})"), device="cuda", gpu_name=gpu.name,
                        gpu_memory_bytes=gpu.memory_bytes)
     setup = training_setup(spec, compute_bytes, gpus)
