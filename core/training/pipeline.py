@@ -127,6 +127,7 @@ def run(
         return trainer, callback
 
     failed = []  # plans that ran out of memory in this attempt
+    resumed_from = resume  # the checkpoint this attempt started from (the runner's, or resume_from)
     trainer, callback = build(plan)
     # Where a retry restarts when no checkpoint was written yet (the adapter as trained from).
     initial = _trainable_state(model)
@@ -142,7 +143,9 @@ def run(
         failed.append(plan)
         del trainer, callback
         _free_memory(model)
-        plan, resume = _after_out_of_memory(spec, plan, failed, world_size(), checkpoints, model, initial, reporter, main)
+        plan, resume = _after_out_of_memory(
+            spec, plan, failed, world_size(), checkpoints, resumed_from, model, initial, reporter, main
+        )
         trainer, callback = build(plan)
 
     step = trainer.state.global_step
@@ -214,7 +217,7 @@ def _trainable_state(model) -> dict:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _after_out_of_memory(spec, plan, failed, ranks, checkpoints, model, initial, reporter, main):
+def _after_out_of_memory(spec, plan, failed, ranks, checkpoints, started_from, model, initial, reporter, main):
     """DESIGN: "A CUDA out-of-memory during training is not a failure". The attempt goes on
     from its newest checkpoint (or from the start) with half the micro-batch, accumulation
     doubled (the same effective batch, so the same trajectory) and checkpointing on, once;
@@ -237,7 +240,9 @@ def _after_out_of_memory(spec, plan, failed, ranks, checkpoints, model, initial,
             f"accumulation {plan.gradient_accumulation_steps} with gradient checkpointing "
             f"{'on' if plan.gradient_checkpointing else 'off'}{tried}; lower {lower}"
         )
-    resume = newest_checkpoint(checkpoints, spec.hash())
+    # The newest checkpoint of this spec: written by this attempt, or the one it started from.
+    found = [c for c in (newest_checkpoint(checkpoints, spec.hash()), started_from) if c is not None]
+    resume = max(found, key=lambda c: checkpoint_step(c, spec.hash())) if found else None
     metrics_path = checkpoints.parent / "metrics.jsonl"
     if resume is not None:
         if main:
