@@ -160,6 +160,26 @@ class TrainingSetup:
         return set(self.lora_targets) & {n for n, _, _ in shape.layer_linears}
 
 
+def setup_for_spec(spec, *, compute_bytes: int = 2, gpus: int = 1, dropout_mask_bytes: int | None = 1) -> TrainingSetup:
+    """The memory model's inputs from a `core.spec.JobSpec`, as the worker trains it: the one
+    mapping the API (create/validate, core.services.fit) and the worker (core.training.plan)
+    both plan with. The attention mask is always counted (the conservative case): a packed
+    batch needs none, but whether packing is boundary-safe is known only on the worker."""
+    q, lo = spec.quantization, spec.lora
+    return TrainingSetup(
+        lora_r=lo.r,
+        lora_targets="all-linear" if lo.target_modules == "all-linear" else tuple(lo.target_modules),
+        lora_dropout=lo.dropout > 0,
+        dropout_mask_bytes=dropout_mask_bytes,
+        bits=q.bits,
+        double_quant=q.double_quant,
+        compute_bytes=compute_bytes,
+        frozen_bytes=4,  # prepare_model_for_kbit_training upcasts embeddings, head and norms
+        attention_mask=True,
+        gpus=gpus,
+    )
+
+
 def quantized_weight_bytes(n: int, bits: int | None, double_quant: bool, compute_bytes: int) -> tuple[int, int]:
     """(weight bytes, quantisation-constant bytes) of one n-element linear weight."""
     if bits is None:

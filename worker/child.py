@@ -82,12 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     reporter = FileReporter(args.events, enabled=is_main_process())
     from core.datafiles import DataFileError
     from core.spec import JobSpec
-    from core.training.errors import TrainingInputError
+    from core.training.errors import TrainingInputError, TrainingOutOfMemory
     from core.training.pipeline import run
 
     spec = JobSpec.model_validate_json(args.spec.read_text(encoding="utf-8"))
     try:
         result = run(spec, args.workdir, reporter, should_stop, resume_from=args.resume_from)
+    except TrainingOutOfMemory as e:
+        # Out of GPU memory even after the retry with half the micro-batch: the message says
+        # what to lower.
+        reporter.send("error", code="out_of_memory", message=str(e))
+        return 3
     except (TrainingInputError, DataFileError) as e:
         # The job's input is unusable: a message for the client, not a traceback.
         reporter.send("error", code="invalid_training_input", message=str(e))

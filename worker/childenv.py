@@ -24,6 +24,11 @@ KEEP_NAMES = frozenset({
     # WANDB_PROJECT / WANDB_ENTITY / WANDB_TAGS etc.: where a run goes is the job's choice.
     "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR",
     "WANDB_CONFIG_DIR", "WANDB_DATA_DIR",
+    # The two TUNEFORGE_* names a training process reads: the host's one model cache
+    # (Settings.model_cache; huggingface_hub's own HF_HUB_CACHE / HF_HUB_OFFLINE / HF_ENDPOINT
+    # / HF_TOKEN pass as HF_*), and the test-only fault hook of core.training.faults, passed
+    # on only when the worker itself was started with it.
+    "TUNEFORGE_MODEL_CACHE", "TUNEFORGE_INJECT_OOM",
 })
 # Prefixes of the same: locale, Python, the Hugging Face stack (model cache, offline mode, a
 # hub token for gated models), CUDA / NCCL / torch tuning, coverage of the test suite.

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.errors import InvalidRequest
-from core.memory_plan import GiB, DoesNotFit, FitPlan, ModelShape, TrainingSetup, UnsupportedModel, estimate, plan_fit, shape_from_config_dict
+from core.memory_plan import GiB, DoesNotFit, FitPlan, ModelShape, TrainingSetup, UnsupportedModel, estimate, plan_fit, setup_for_spec, shape_from_config_dict
 from core.model_config import model_config
 from core.models import Job, Worker, utcnow
 from core.services.planner import is_live
@@ -90,21 +90,11 @@ class JobFit:
         }
 
 
-def training_setup(spec: JobSpec, *, cuda: bool = True) -> TrainingSetup:
-    """The memory model's inputs from the spec, for a GPU run (bf16/fp16 compute unless the job
-    asks for fp32; CUDA's one-byte dropout masks)."""
-    q, lora = spec.quantization, spec.lora
-    compute = 4 if (q.compute_dtype == "fp32" or not cuda) else 2
-    return TrainingSetup(
-        lora_r=lora.r,
-        lora_targets="all-linear" if lora.target_modules == "all-linear" else tuple(lora.target_modules),
-        lora_dropout=lora.dropout > 0,
-        dropout_mask_bytes=1 if cuda else None,
-        bits=q.bits,
-        double_quant=q.double_quant,
-        compute_bytes=compute,
-        gpus=max(spec.resources.gpus, 1),
-    )
+def training_setup(spec: JobSpec) -> TrainingSetup:
+    """A GPU run of the spec: bf16/fp16 compute unless the job asks for fp32, CUDA's one-byte
+    dropout masks, the job's GPUs."""
+    compute = 4 if spec.quantization.compute_dtype == "fp32" else 2
+    return setup_for_spec(spec, compute_bytes=compute, gpus=max(spec.resources.gpus, 1))
 
 
 def plan_job(session: Session, settings: Settings, spec: JobSpec, now: datetime | None = None) -> JobFit:

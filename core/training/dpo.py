@@ -29,6 +29,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from core.spec import JobSpec
+from core.training.plan import RunPlan
 from core.training.preference import Pair
 from core.training.trainer import LOGGED_KEYS, training_args
 
@@ -44,9 +45,13 @@ RENAMED = {
 DPO_LOGGED_KEYS = (*LOGGED_KEYS, *RENAMED.values())
 
 
-def dpo_config(spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool) -> DPOConfig:
+def dpo_config(
+    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool, plan: RunPlan | None = None
+) -> DPOConfig:
+    """`plan.micro_batch_size` counts pairs here (each a chosen and a rejected row; the
+    plan is made with two rows per pair, core.training.plan.make_plan)."""
     return DPOConfig(
-        **training_args(spec, checkpoints_dir, dtype, has_eval),
+        **training_args(spec, checkpoints_dir, dtype, has_eval, plan),
         beta=spec.method.dpo.beta,
         max_length=None,  # pairs were encoded to fit max_seq_length (preference.py)
         precompute_ref_log_probs=False,  # the reference is one adapter toggle away
@@ -90,6 +95,7 @@ def build_dpo_trainer(
     checkpoints_dir: Path,
     dtype: torch.dtype,
     callbacks: list[TrainerCallback] = (),
+    plan: RunPlan | None = None,
 ) -> PreferenceTrainer:
     import datasets
 
@@ -98,7 +104,7 @@ def build_dpo_trainer(
     return PreferenceTrainer(
         model=model,
         ref_model=None,
-        args=dpo_config(spec, checkpoints_dir, dtype, has_eval=bool(evals)),
+        args=dpo_config(spec, checkpoints_dir, dtype, has_eval=bool(evals), plan=plan),
         train_dataset=to_ds(train),
         eval_dataset=to_ds(evals) if eval_on else None,
         processing_class=tokenizer,
@@ -147,7 +153,9 @@ def pair_logps(model, pairs: list[Pair], pad_token_id: int, batch_size: int) -> 
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def evaluate_pairs(spec: JobSpec, model, pad_token_id: int, pairs: list[Pair], empty_note: str | None = None) -> dict:
+def evaluate_pairs(
+    spec: JobSpec, model, pad_token_id: int, pairs: list[Pair], empty_note: str | None = None, batch_size: int | None = None
+) -> dict:
     """The DPO eval report: preference accuracy (share of validation pairs whose preferred
     output the model finds more likely) of the base (adapter disabled) and the tuned model,
     plus the tuned model's implicit-reward accuracy and margin against DPO's reference (the
@@ -161,7 +169,7 @@ def evaluate_pairs(spec: JobSpec, model, pad_token_id: int, pairs: list[Pair], e
             "samples": [],
             "note": empty_note or "no validation pairs (set validation_file or validation_split)",
         }
-    bs = spec.hyperparameters.batch_rows
+    bs = batch_size or spec.hyperparameters.batch_rows  # pairs per forward: the run plan's micro-batch
     tuned_c, tuned_r = pair_logps(model, pairs, pad_token_id, bs)
     with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
         base_c, base_r = pair_logps(model, pairs, pad_token_id, bs)

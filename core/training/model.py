@@ -1,9 +1,15 @@
 """Model stage: pick the compute dtype for this hardware, load the base model (4-bit nf4 by
 default) through `from_pretrained` -- the same call for a hub id and a local directory --
-and wrap it with LoRA on every linear layer except lm_head (DESIGN §6.4)."""
+and wrap it with LoRA on every linear layer except lm_head (DESIGN §6.4).
+
+A hub model comes through the host's one model cache (`core.training.model_cache`): fetched
+once per host under a per-model lock, its revision resolved to a commit, loaded from the
+local snapshot. `fetch_model` does that once per process; both loaders use its result.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -54,13 +60,57 @@ def quantization_config(spec: JobSpec, dtype: torch.dtype):
     )
 
 
+MODEL_CACHE_ENV = "TUNEFORGE_MODEL_CACHE"  # Settings.model_cache; worker/childenv.py passes it on
+_FETCHED: dict[tuple[str, str | None, str], object] = {}
+
+
+def model_cache_dir() -> Path:
+    """The host's model cache: `TUNEFORGE_MODEL_CACHE` (the worker's `Settings.model_cache`,
+    read from the environment here because the training process is given no other setting),
+    else huggingface_hub's own default (`HF_HUB_CACHE`)."""
+    configured = os.environ.get(MODEL_CACHE_ENV)
+    if configured:
+        return Path(configured)
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def fetch_model(spec: JobSpec, progress=None):
+    """The model on local disk (`model_cache.CachedModel`: path and resolved commit), fetched
+    into the host's cache at most once; memoised per process, so the tokenizer, the model and
+    a merge load the same commit. `progress(done, total)` hears the bytes of a download."""
+    from core.training.model_cache import ensure_model
+
+    cache = model_cache_dir()
+    key = (spec.model, spec.revision, str(cache))
+    if key not in _FETCHED:
+        # The hub as the worker's environment names it (HF_ENDPOINT: a mirror or proxy), read
+        # here rather than at huggingface_hub's import.
+        _FETCHED[key] = ensure_model(
+            spec.model, spec.revision, cache, progress=progress, endpoint=os.environ.get("HF_ENDPOINT") or None
+        )
+    return _FETCHED[key]
+
+
+def _source(spec: JobSpec) -> tuple[str, dict]:
+    """Where from_pretrained loads: the fetched snapshot when `fetch_model` ran in this process
+    (no revision: the snapshot is one commit), else the spec's id with the host cache as
+    `cache_dir` (a dry run needs the tokenizer's files only, not the weights)."""
+    fetched = _FETCHED.get((spec.model, spec.revision, str(model_cache_dir())))
+    if fetched is not None:
+        return str(fetched.path), {}
+    if Path(spec.model).is_dir():
+        return spec.model, {"revision": spec.revision}
+    return spec.model, {"revision": spec.revision, "cache_dir": str(model_cache_dir())}
+
+
 def load_tokenizer(spec: JobSpec):
     from transformers import AutoTokenizer
 
+    where, kwargs = _source(spec)
     try:
-        return AutoTokenizer.from_pretrained(
-            spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise TrainingInputError(
             f"model: cannot load the tokenizer of {spec.model!r}: {_first_line(e)}"
@@ -72,8 +122,8 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True
 
     from core.training.attention import attn_implementation_for
 
+    where = str(fetch_model(spec).path)  # the weights always come through the host's cache
     kwargs = {
-        "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
         "dtype": dtype,
     }
@@ -85,7 +135,7 @@ def load_base_model(spec: JobSpec, dtype: torch.dtype, *, quantized: bool = True
     # Under accelerate launch each rank holds a whole copy on its own GPU.
     kwargs["device_map"] = {"": local_rank()} if dev == "cuda" else {"": "cpu"}
     try:
-        return AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as e:
         raise TrainingInputError(
             f"model: cannot load {spec.model!r}: {_first_line(e)}"
@@ -109,19 +159,25 @@ def lora_config(spec: JobSpec):
     )
 
 
-def load_model(spec: JobSpec, dtype: torch.dtype):
-    """The base model, prepared for k-bit training when quantized, with a fresh LoRA adapter."""
+def load_model(spec: JobSpec, dtype: torch.dtype, plan=None):
+    """The base model, prepared for k-bit training when quantized, with a fresh LoRA adapter.
+    Gradient checkpointing as the attempt's `plan` says (default: the spec's own plan)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from core.training.kernels import apply_kernels
+    from core.training.plan import spec_plan
 
     model = load_base_model(spec, dtype)
     apply_kernels(model)  # Liger's RMSNorm/SwiGLU/RoPE on CUDA when installed (core/training/kernels.py)
-    gc = spec.hyperparameters.gradient_checkpointing is True
+    gc = (plan or spec_plan(spec)).gradient_checkpointing
+    # Non-reentrant checkpointing, as the Trainer is told too (core.training.trainer).
+    gc_kwargs = {"use_reentrant": False}
     if spec.quantization.bits is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
+        )
     elif gc:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
     model.config.use_cache = False
     keep_4bit_layout(model)
     if spec.from_checkpoint is not None:

@@ -63,6 +63,7 @@ def ensure_model(
     from huggingface_hub.errors import (
         DryRunError,
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
@@ -70,6 +71,12 @@ def ensure_model(
     )
     from huggingface_hub.file_download import repo_folder_name
 
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise TrainingInputError(f"model: {model!r} is neither a local directory nor a hub model id") from None
     cache = Path(cache_dir).expanduser().resolve()
     offline = constants.HF_HUB_OFFLINE if offline is None else offline
     revision = revision or "main"
@@ -112,6 +119,37 @@ def ensure_model(
     if progress is not None and total:
         progress(total, total)
     return CachedModel(Path(path), Path(path).name, total)
+
+
+def progress_events(event: Callable[[str, str, dict], None], model: str, *, every_fraction: float = 0.05,
+                    every_seconds: float = 2.0, clock: Callable[[], float] | None = None) -> Progress:
+    """A `Progress` that turns byte counts into job events ("downloading model: 1.2 GiB of
+    16.1 GiB"), at most one per `every_fraction` of the total or `every_seconds`, and always
+    the last one: a 16 GB download reports a few dozen lines, not one per chunk."""
+    import time
+
+    clock = clock or time.monotonic
+    last = {"done": -1, "at": float("-inf")}
+
+    def report(done: int, total: int) -> None:
+        now = clock()
+        finished = total and done >= total
+        if finished and last["done"] >= total:
+            return
+        if not finished and done - last["done"] < every_fraction * total and now - last["at"] < every_seconds:
+            return
+        last.update(done=done, at=now)
+        event("info", f"downloading model: {_size(done)} of {_size(total)}",
+              {"model": model, "bytes_done": done, "bytes_total": total})
+
+    return report
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _byte_counter(progress: Progress | None, total: int):

@@ -21,6 +21,7 @@ from trl import SFTConfig, SFTTrainer
 from core.spec import JobSpec
 from core.training.batching import completion_loss
 from core.training.distributed import agreed_stop
+from core.training.plan import RunPlan, spec_plan
 from core.training.reporter import Reporter
 
 CHECKPOINT_MARKER = "tuneforge.json"
@@ -35,10 +36,10 @@ LOGGED_KEYS = (
 
 
 def sft_config(
-    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool
+    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool, plan: RunPlan | None = None
 ) -> SFTConfig:
     return SFTConfig(
-        **training_args(spec, checkpoints_dir, dtype, has_eval),
+        **training_args(spec, checkpoints_dir, dtype, has_eval, plan),
         dataset_kwargs={
             "skip_prepare_dataset": True
         },  # we tokenized and masked already
@@ -47,16 +48,22 @@ def sft_config(
 
 
 def training_args(
-    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool
+    spec: JobSpec, checkpoints_dir: Path, dtype: torch.dtype, has_eval: bool, plan: RunPlan | None = None
 ) -> dict:
-    """The `TrainingArguments` every method shares (SFT and DPO configs add their own)."""
+    """The `TrainingArguments` every method shares (SFT and DPO configs add their own).
+
+    How the batch runs comes from the attempt's `plan` (core.training.plan; default: the
+    spec's own, as on the CPU): micro-batch x accumulation is the spec's effective batch
+    whatever the plan, so the trajectory does not depend on the GPU."""
     hp, ev = spec.hyperparameters, spec.evaluation
+    plan = plan or spec_plan(spec)
     on_cpu = not torch.cuda.is_available()
     return dict(
         output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=hp.batch_rows,
-        per_device_eval_batch_size=hp.batch_rows,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        per_device_train_batch_size=plan.micro_batch_size,
+        # Evaluation keeps no activations for a backward: the training micro-batch always fits.
+        per_device_eval_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         num_train_epochs=hp.n_epochs,
         max_steps=hp.max_steps or -1,
@@ -65,8 +72,12 @@ def training_args(
         weight_decay=hp.weight_decay,
         max_grad_norm=hp.max_grad_norm,
         # SFTConfig turns gradient checkpointing on by default; it costs ~30% more compute and
-        # is only worth it when activations do not fit, so the spec decides (default off).
-        gradient_checkpointing=hp.gradient_checkpointing is True,
+        # is only worth it when activations do not fit, so the plan decides ("auto": only when
+        # the micro-batch does not fit without it). Non-reentrant: the reentrant variant needs
+        # an input that requires grad and warns on every step under PEFT.
+        # (transformers 5's names for gradient checkpointing; the old ones are deprecated)
+        activation_checkpointing=plan.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=on_cpu,
@@ -200,8 +211,10 @@ def build_trainer(
     checkpoints_dir: Path,
     dtype: torch.dtype,
     callbacks: list[TrainerCallback] = (),
+    plan: RunPlan | None = None,
 ) -> CompletionOnlySFTTrainer:
-    """The trainer for already-encoded examples (`data.Example`), dynamically padded."""
+    """The trainer for already-encoded examples (`data.Example`), dynamically padded.
+    `plan`: this attempt's micro-batch, accumulation and checkpointing (default: the spec's)."""
     import datasets
 
     from core.training.batching import (
@@ -216,7 +229,7 @@ def build_trainer(
     packed = None
     if packing is True or (packing == "auto" and varlen_attention(model)):
         # Micro-batches packed to the plan's token budget (best-fit decreasing, seeded order).
-        budget = packing_budget(spec)
+        budget = packing_budget(spec, plan)
         packed = PackedBatchSampler([len(e.input_ids) for e in train], budget, spec.seed)
         collator = PaddingFreeCollator(tokenizer.pad_token_id)
     else:
@@ -226,7 +239,7 @@ def build_trainer(
     to_ds = lambda exs: datasets.Dataset.from_list([e.as_features() for e in exs])
     return CompletionOnlySFTTrainer(
         model=model,
-        args=sft_config(spec, checkpoints_dir, dtype, has_eval=bool(evals)),
+        args=sft_config(spec, checkpoints_dir, dtype, has_eval=bool(evals), plan=plan),
         train_dataset=to_ds(train),
         eval_dataset=to_ds(evals) if evals else None,
         processing_class=tokenizer,

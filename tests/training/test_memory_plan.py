@@ -337,11 +337,17 @@ def test_activation_bytes_per_token_per_layer_match_a_measured_cpu_step(gqa_mode
 
 
 def test_with_checkpointing_a_layer_keeps_only_its_input(gqa_models):
-    """Measured +1.1% over the residual stream's width (fp32 after the kbit upcast)."""
-    tokens = (2, 256)
-    grown = {n: kept_after_forward(d, bf16=True, dropout=0.05, mask=False, checkpointing=True, tokens=tokens)
-             for n, d in gqa_models.items()}
-    measured = (grown[3] - grown[1]) / 2 / (tokens[0] * tokens[1])
+    """Measured +0.2% over the residual stream's width (fp32 after the kbit upcast).
+
+    Non-reentrant checkpointing (what the trainer runs) also keeps ~115 KB per layer that does
+    not grow with the tokens, so the per-token figure is the slope between two lengths."""
+    grown = {
+        (n, seq): kept_after_forward(d, bf16=True, dropout=0.05, mask=False, checkpointing=True, tokens=(2, seq))
+        for n, d in gqa_models.items()
+        for seq in (256, 512)
+    }
+    per_layer = {seq: (grown[3, seq] - grown[1, seq]) / 2 for seq in (256, 512)}
+    measured = (per_layer[512] - per_layer[256]) / (2 * (512 - 256))
     assert measured == pytest.approx(4 * 256, rel=0.05)
 
 

@@ -133,3 +133,69 @@ def test_an_unknown_model_or_revision_is_a_clear_input_error(hub, tmp_path):
         ensure_model("acme/tiny-llama", "v9", tmp_path / "cache", endpoint=hub.url)
     with pytest.raises(TrainingInputError, match=r"model: cannot fetch 'acme/nothing' \(revision main\)"):
         ensure_model("acme/nothing", None, tmp_path / "cache", endpoint=hub.url)
+
+
+# --- run() through the cache ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_hub(tmp_path, monkeypatch, tiny_model_dir):
+    """The tiny test model served as the hub repository acme/tiny-llama."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    files = {p.name: p.read_bytes() for p in Path(tiny_model_dir).iterdir() if p.is_file()}
+    commit = write_repo(tmp_path / "hub", "acme/tiny-llama", files)
+    server = LocalHub(tmp_path / "hub").start()
+    server.commit, server.total = commit, sum(len(v) for v in files.values())
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("TUNEFORGE_MODEL_CACHE", str(tmp_path / "models"))
+    yield server
+    server.stop()
+
+
+def test_a_hub_model_trains_from_the_host_cache_and_records_its_commit(tiny_hub, tmp_path, learn_file):
+    from core.training.pipeline import run
+    from tests.training.test_pipeline import RecordingReporter, learn_spec
+
+    spec = learn_spec("acme/tiny-llama", learn_file, max_steps=1).model_copy(update={"validation_file": None})
+    events = []
+    rep = RecordingReporter()
+    rep.event = lambda level, message, data=None: events.append((level, message, data))
+    assert run(spec, tmp_path / "out", rep).status == "succeeded"
+    downloading = [d for _, m, d in events if m.startswith("downloading model: ")]
+    assert downloading and downloading[-1] == {"model": "acme/tiny-llama", "bytes_done": tiny_hub.total,
+                                               "bytes_total": tiny_hub.total}
+    assert len(downloading) <= 21  # throttled: at most one per 5% (or 2 s), plus the last
+    recorded = json.loads((tmp_path / "out" / "spec.json").read_text())
+    assert recorded["model_commit"] == tiny_hub.commit
+    snapshot = tmp_path / "models" / "models--acme--tiny-llama" / "snapshots" / tiny_hub.commit
+    assert (snapshot / "model.safetensors").is_file()
+    assert len(tiny_hub.downloads()) == len(list(snapshot.iterdir()))  # each file fetched once
+
+
+def test_a_model_neither_cached_nor_reachable_fails_the_run_naming_model_and_cache(tiny_hub, tmp_path, learn_file):
+    from core.training.pipeline import run
+    from tests.training.test_pipeline import learn_spec
+
+    tiny_hub.stop()  # the hub is unreachable, and this cache is empty
+    spec = learn_spec("acme/tiny-llama", learn_file, max_steps=1)
+    with pytest.raises(ModelNotCached, match=rf"'acme/tiny-llama' \(revision main\) is not in the model cache "
+                                             rf"{tmp_path / 'models'} and the hub \({tiny_hub.url}\) cannot be reached"):
+        run(spec, tmp_path / "out")
+    tiny_hub.start()  # (the fixture stops it again)
+
+
+def test_download_progress_events_are_throttled():
+    from core.training.model_cache import progress_events
+
+    now = [0.0]
+    seen = []
+    report = progress_events(lambda level, message, data: seen.append(message), "m", clock=lambda: now[0])
+    for done in range(0, 1001, 10):  # 101 updates of 1%, 0.01 s apart
+        report(done, 1000)
+        now[0] += 0.01
+    report(1000, 1000)  # a repeated last update adds nothing
+    assert seen[0] == "downloading model: 0 bytes of 1000 bytes" and seen[-1] == "downloading model: 1000 bytes of 1000 bytes"
+    assert len(seen) == 21  # every 5%
+    now[0] += 10
+    progress_events(lambda *a: seen.append(a[1]), "m", clock=lambda: now[0])(3 * 1024**3, 16 * 1024**3)
+    assert seen[-1] == "downloading model: 3.0 GiB of 16.0 GiB"
