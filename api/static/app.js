@@ -725,6 +725,17 @@
       if (suffix.value.trim()) b.suffix = suffix.value.trim();
       return JSON.parse(JSON.stringify(b));  // drops the undefined (unset) fields
     }
+    // The memory plan of the dry run (docs/fit-planning.md): what one GPU needs, and per GPU
+    // kind of the pool the micro-batch x accumulation, checkpointing and time estimate.
+    function fitPlan(p) {
+      if (!p) return null;
+      const facts = p.status === "planned"
+        ? [`needs ~${p.needed_gpu_memory_gb} GiB per GPU`, p.optimizer_steps && `${fmt.num(p.optimizer_steps)} optimizer steps`,
+          p.total_tokens && `${fmt.num(p.total_tokens)} trained tokens`].filter(Boolean).join(" · ")
+        : `not planned here: ${p.reason || p.status}`;
+      return h("div", { id: "fit-plan" }, h("h3", {}, "Fit plan"), h("p", {}, facts),
+        p.gpus && p.gpus.length ? renderValue(p.gpus) : null);
+    }
     const validateBtn = h("button", { type: "button", id: "validate", onclick: async () => {
       result.replaceChildren(h("p", { class: "muted" }, "Checking the request and counting tokens on a worker…"));
       validateBtn.disabled = true;
@@ -732,7 +743,7 @@
         const r = await api("/v1/fine_tuning/jobs/validate", { method: "POST", json: body() });
         result.replaceChildren(h("div", { class: "card", id: "dry-run" }, h("h2", {}, "Dry run: valid"),
           r.warnings.length ? h("p", { class: "error" }, r.warnings.join("\n")) : null,
-          renderValue(r.token_counts || {}), h("h3", {}, "Resolved spec"), h("pre", {}, toYaml(r.spec))));
+          renderValue(r.token_counts || {}), fitPlan(r.plan), h("h3", {}, "Resolved spec"), h("pre", {}, toYaml(r.spec))));
       } catch (e) { showError(result, e); } finally { validateBtn.disabled = false; }
     } }, "Validate");
     const createBtn = h("button", { type: "button", id: "create", class: "primary", onclick: async () => {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+
 import httpx
 from playwright.sync_api import expect
 
@@ -56,6 +57,11 @@ def test_create_through_the_page_and_watch_it_succeed(dashboard, key_a, e2e_mode
     page.click("#validate")
     expect(page.locator("#dry-run")).to_contain_text("train_rows", timeout=60_000)
     expect(page.locator("#dry-run")).to_contain_text("estimated_steps")
+    expect(page.locator("#fit-plan")).to_contain_text("not planned here: the job asks for a CPU slot")
+    page.fill("#gpus", "1")  # a GPU job is planned from the model's config.json (the pool has no GPU kind to list)
+    page.click("#validate")
+    expect(page.locator("#fit-plan")).to_contain_text(re.compile(r"needs ~[0-9.]+ GiB per GPU · [0-9,]+ optimizer steps"), timeout=60_000)
+    page.fill("#gpus", "0")
     d.shot("new-job")
     page.click("#create")
 
