@@ -63,12 +63,13 @@ def receiver() -> tuple[str, dict[str, float]]:
 
 def run(url: str, base: str, arrivals: dict[str, float], poll: float, events: int, stalled: int) -> str:
     settings = settings_from_env({"TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_SECRET_KEY": secrets.token_urlsafe(32),
-                                  "TUNEFORGE_WEBHOOK_POLL_SECONDS": str(poll)})
+                                  "TUNEFORGE_WEBHOOK_POLL_SECONDS": str(poll),
+                                  "TUNEFORGE_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})  # receivers on 127.0.0.1
     engine = make_engine(url)
     with Session(engine) as s:
         healthy, hanging = create_team(s, f"ok-{secrets.token_hex(3)}"), create_team(s, f"hang-{secrets.token_hex(3)}")
-        webhooks.create_endpoint(s, healthy.id, base + "/ok")
-        webhooks.create_endpoint(s, hanging.id, base + "/hang")
+        webhooks.create_endpoint(s, healthy.id, base + "/ok", allow_private=True)
+        webhooks.create_endpoint(s, hanging.id, base + "/hang", allow_private=True)
         for i in range(stalled):
             webhooks.emit(s, hanging.id, "fine_tuning.job.failed", {"id": f"ftjob-stalled-{i}"})
         s.commit()

@@ -81,7 +81,7 @@ def test_services_share_one_configuration():
 def test_gpu_image_installs_cuda_torch_before_the_project():
     text = (ROOT / "Dockerfile.gpu").read_text()
     torch_at = text.find("download.pytorch.org/whl/cu")
-    project_at = re.search(r"^RUN pip install \.", text, re.MULTILINE)
+    project_at = re.search(r"^RUN pip install \"?\.", text, re.MULTILINE)  # the project, with or without an extra
     assert torch_at != -1 and project_at and torch_at < project_at.start()
     assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["tuneforge"\]', text, re.MULTILINE)

@@ -30,7 +30,7 @@ def session(request, tmp_path):
 
 def test_a_claim_leases_the_row_until_it_runs_out(session):
     team = create_team(session, f"t-{secrets.token_hex(3)}")
-    ep = webhooks.create_endpoint(session, team.id, "http://127.0.0.1:9/hook")
+    ep = webhooks.create_endpoint(session, team.id, "http://127.0.0.1:9/hook", allow_private=True)
     event_id = webhooks.emit(session, team.id, "fine_tuning.job.succeeded", {"id": "ftjob-1"})
     assert webhooks.emit(session, "team-without-endpoints", "fine_tuning.job.failed", {"id": "x"}) is None
 
@@ -53,7 +53,7 @@ def test_finished_deliveries_are_pruned_after_the_retention_pending_ones_never(s
     from datetime import timedelta
 
     team = create_team(session, f"t-{secrets.token_hex(3)}")
-    webhooks.create_endpoint(session, team.id, "http://127.0.0.1:9/hook")
+    webhooks.create_endpoint(session, team.id, "http://127.0.0.1:9/hook", allow_private=True)
     for _ in range(3):
         webhooks.emit(session, team.id, "fine_tuning.job.succeeded", {"id": "ftjob-1"})
     session.flush()

@@ -13,6 +13,7 @@ from core.training.errors import TrainingOutOfMemory
 from core.training.faults import INJECT_OOM_ENV, callbacks
 from core.training.pipeline import run
 from tests.training.test_pipeline import RecordingReporter, learn_spec
+from tests.training.test_precision import _losses
 
 
 class EventReporter(RecordingReporter):
@@ -23,11 +24,6 @@ class EventReporter(RecordingReporter):
     def event(self, level, message, data=None):
         super().event(level, message, data)
         self.full_events.append((level, message, data))
-
-
-def _losses(out):
-    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(m["step"], m["loss"]) for m in lines if "loss" in m]
 
 
 @pytest.fixture(scope="module")

@@ -226,18 +226,12 @@ def packed_straight(packed_spec, tmp_path_factory):
 
 def test_paused_packed_run_resumes_onto_the_uninterrupted_adapter(packed_spec, packed_straight, tmp_path):
     from core.training.pipeline import run
-    from tests.training.test_precision import _adapter, _losses
+    from tests.training.test_precision import _adapter, _losses, pause_at
 
     straight, total = packed_straight
     assert total >= 6
     k = total // 2 + 1  # 4 bins an epoch, 12 steps: step 7 is mid-way through the second epoch
-    calls = {"n": 0}
-
-    def pause_at_k():
-        calls["n"] += 1
-        return "pause" if calls["n"] == k else None
-
-    assert run(packed_spec, tmp_path, should_stop=pause_at_k).global_step == k
+    assert run(packed_spec, tmp_path, should_stop=pause_at(k)).global_step == k
     resumed = run(packed_spec, tmp_path)
     assert resumed.status == "succeeded" and resumed.resumed_from.name == f"checkpoint-{k}"
     got, want = _losses(tmp_path), _losses(straight)

@@ -116,15 +116,20 @@ def straight_run(resume_spec, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("k", [1, 3], ids=["in-first-epoch", "across-epoch-boundary"])
-def test_resumed_run_ends_on_the_uninterrupted_adapter(resume_spec, straight_run, tmp_path, k):
+def pause_at(k: int):
+    """A `should_stop` that asks for a pause at the k-th optimizer step it is polled at."""
     calls = {"n": 0}
 
-    def pause_at_k():
+    def should_stop():
         calls["n"] += 1
         return "pause" if calls["n"] == k else None
 
-    assert run(resume_spec, tmp_path, should_stop=pause_at_k).global_step == k
+    return should_stop
+
+
+@pytest.mark.parametrize("k", [1, 3], ids=["in-first-epoch", "across-epoch-boundary"])
+def test_resumed_run_ends_on_the_uninterrupted_adapter(resume_spec, straight_run, tmp_path, k):
+    assert run(resume_spec, tmp_path, should_stop=pause_at(k)).global_step == k
     resumed = run(resume_spec, tmp_path)
     assert resumed.status == "succeeded" and resumed.resumed_from.name == f"checkpoint-{k}"
     got_losses, want_losses = _losses(tmp_path), _losses(straight_run)
