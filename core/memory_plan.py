@@ -425,12 +425,16 @@ def plan_fit(
     context_bytes: int = DEFAULT_CONTEXT_BYTES,
     allocator_margin: float = DEFAULT_ALLOCATOR_MARGIN,
     gpu_name: str = "the GPU",
+    rows_per_example: int = 1,
 ) -> FitPlan | DoesNotFit:
     """The largest micro-batch that fits, preferring no checkpointing (it costs ~1/3 more
     compute) whenever even one row fits without it; checkpointing turns on only when needed.
 
-    `batch_size` is the effective batch the job asked for (rows per optimizer step over all
-    GPUs); the micro-batch is a divisor of its per-GPU share so accumulation makes it exact.
+    `batch_size` is the effective batch the job asked for (examples per optimizer step over
+    all GPUs); the micro-batch is a divisor of its per-GPU share so accumulation makes it exact.
+    `rows_per_example`: 2 for DPO, whose every pair is a chosen and a rejected row in one
+    forward: the micro-batch counts whole examples (a pair is never split) and the memory is
+    that of the rows they are.
     """
     if batch_size % setup.gpus:
         raise ValueError(
@@ -445,12 +449,13 @@ def plan_fit(
     for ckpt in modes:
         for micro in sorted((m for m in range(1, per_gpu + 1) if per_gpu % m == 0), reverse=True):
             est = estimate(
-                shape, setup, micro_batch_size=micro, max_seq_length=max_seq_length, gradient_checkpointing=ckpt, **common
+                shape, setup, micro_batch_size=micro * rows_per_example, max_seq_length=max_seq_length,
+                gradient_checkpointing=ckpt, **common
             )
             if est.required <= gpu_memory_bytes:
                 return FitPlan(
                     micro_batch_size=micro,
-                    micro_batch_tokens=micro * max_seq_length,
+                    micro_batch_tokens=micro * rows_per_example * max_seq_length,
                     gradient_accumulation_steps=per_gpu // micro,
                     gradient_checkpointing=ckpt,
                     predicted_peak_bytes=est.peak_allocated,
@@ -459,14 +464,15 @@ def plan_fit(
                     breakdown=est.breakdown,
                 )
             smallest = est
-    fitting = largest_fitting_seq_length(shape, setup, gpu_memory_bytes, max_seq_length, modes[-1], **common)
+    fitting = largest_fitting_seq_length(shape, setup, gpu_memory_bytes, max_seq_length, modes[-1],
+                                         rows=rows_per_example, **common)
     advice = (
         f"lower max_seq_length to {fitting} or less"
         if fitting
         else "the model's weights alone do not fit; use a GPU with more memory"
     )
     if not modes[-1]:  # checkpointing was refused by the job: would it fit with it?
-        with_ckpt = estimate(shape, setup, micro_batch_size=1, max_seq_length=max_seq_length,
+        with_ckpt = estimate(shape, setup, micro_batch_size=rows_per_example, max_seq_length=max_seq_length,
                              gradient_checkpointing=True, **common)
         if with_ckpt.required <= gpu_memory_bytes:
             advice = f'set gradient_checkpointing to true or "auto", or {advice}'
@@ -484,13 +490,14 @@ def plan_fit(
 
 
 def largest_fitting_seq_length(
-    shape: ModelShape, setup: TrainingSetup, gpu_memory_bytes: int, below: int, checkpointing: bool, **common
+    shape: ModelShape, setup: TrainingSetup, gpu_memory_bytes: int, below: int, checkpointing: bool, rows: int = 1, **common
 ) -> int | None:
-    """The longest sequence (a multiple of 64, < `below`) one row of which fits; None if none."""
+    """The longest sequence (a multiple of 64, < `below`) one example (`rows` rows) of which
+    fits; None if none."""
     lo, hi = 0, below // 64
     while lo < hi:  # the estimate grows with the length: bisect on multiples of 64
         mid = (lo + hi + 1) // 2
-        est = estimate(shape, setup, micro_batch_size=1, max_seq_length=mid * 64, gradient_checkpointing=checkpointing, **common)
+        est = estimate(shape, setup, micro_batch_size=rows, max_seq_length=mid * 64, gradient_checkpointing=checkpointing, **common)
         if est.required <= gpu_memory_bytes:
             lo = mid
         else:

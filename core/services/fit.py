@@ -102,8 +102,6 @@ def plan_job(session: Session, settings: Settings, spec: JobSpec, now: datetime 
     worker that could otherwise take it (see the module doc)."""
     if spec.resources.gpus < 1:
         return JobFit("not_applicable", "the job asks for a CPU slot (resources.gpus 0)")
-    if spec.method.type == "dpo":
-        return JobFit("unknown", "the memory model covers supervised fine-tuning; a DPO job is planned by its worker")
     found = model_config(spec.model, spec.revision, cache_dir=settings.model_cache)
     if found.config is None:
         return JobFit("unknown", found.reason)
@@ -114,7 +112,8 @@ def plan_job(session: Session, settings: Settings, spec: JobSpec, now: datetime 
     hp = spec.hyperparameters
     setup = training_setup(spec)
     ckpt = hp.gradient_checkpointing
-    smallest = estimate(shape, setup, micro_batch_size=1, max_seq_length=hp.max_seq_length,
+    rows = 2 if spec.method.type == "dpo" else 1  # a DPO pair is a chosen and a rejected row in one forward
+    smallest = estimate(shape, setup, micro_batch_size=rows, max_seq_length=hp.max_seq_length,
                         gradient_checkpointing=ckpt is not False)
     fit = JobFit("planned", shape=shape, needed_bytes=smallest.required, summary={
         "model_type": found.config.get("model_type"),
@@ -131,6 +130,7 @@ def plan_job(session: Session, settings: Settings, spec: JobSpec, now: datetime 
         fit.kinds.append((kind, plan_fit(
             shape, batch_size=hp.rows_per_gpu_step * setup.gpus, max_seq_length=hp.max_seq_length,
             gpu_memory_bytes=int(kind.memory_gb * GiB), setup=setup, gradient_checkpointing=ckpt, gpu_name=label,
+            rows_per_example=rows,
         )))
     if fit.kinds and not any(p.fits for _, p in fit.kinds):
         refused: DoesNotFit = fit.kinds[0][1]  # the largest GPU: kinds come largest first

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from core.memory_plan import GiB, UnsupportedModel, estimate, plan_fit, setup_for_spec
+from core.memory_plan import GiB, UnsupportedModel, plan_fit, setup_for_spec
 from core.spec import JobSpec
 from core.training.errors import TrainingInputError
 
@@ -119,33 +119,19 @@ def make_plan(
     per_gpu = hp.rows_per_gpu_step
     fit = plan_fit(
         shape,
-        batch_size=per_gpu * rows_per_example * gpus,
+        batch_size=per_gpu * gpus,
         max_seq_length=hp.max_seq_length,
         gpu_memory_bytes=gpu.memory_bytes,
         setup=setup,
         gradient_checkpointing=hp.gradient_checkpointing,
         labelled_fraction=labelled_fraction,
         gpu_name=gpu.name,
+        rows_per_example=rows_per_example,
     )
     if not fit.fits:
         raise TrainingInputError(f"hyperparameters.max_seq_length: {fit.message}")
     micro, ckpt = fit.micro_batch_size, fit.gradient_checkpointing
     peak, required = fit.predicted_peak_bytes, fit.required_bytes
-    if rows_per_example > 1:  # whole examples per micro-batch: a pair is never split
-        micro = largest_divisor_at_most(per_gpu, fit.micro_batch_size // rows_per_example)
-        if micro * rows_per_example != fit.micro_batch_size:  # estimate the rows it really runs
-            for ckpt in ([ckpt] if ckpt or hp.gradient_checkpointing is False else [False, True]):
-                est = estimate(shape, setup, micro_batch_size=micro * rows_per_example, max_seq_length=hp.max_seq_length,
-                               gradient_checkpointing=ckpt, labelled_fraction=labelled_fraction)
-                if est.required <= gpu.memory_bytes:
-                    break
-            else:
-                raise TrainingInputError(
-                    f"hyperparameters.max_seq_length: one pair ({rows_per_example} rows) needs "
-                    f"~{est.required / GiB:.1f} GiB per GPU at max_seq_length {hp.max_seq_length}; {gpu.name} has "
-                    f"{gpu.memory_bytes / GiB:.1f} GiB; lower max_seq_length"
-                )
-            peak, required = est.peak_allocated, est.required
     return RunPlan(
         micro_batch_size=micro,
         micro_batch_tokens=micro * hp.max_seq_length,

@@ -86,7 +86,7 @@ def gpu_worker(s: Session, wid: str, memory_gb: float, name: str = RTX_4090, gpu
 
 def create(s: Session, settings: Settings, team_file, model: Path, **body) -> Job:
     team_id, file_id = team_file
-    request = JobCreateRequest(model=str(model), training_file=file_id, template=TEMPLATE, **body)
+    request = JobCreateRequest(model=str(model), training_file=file_id, **{"template": TEMPLATE, **body})
     job, created = jobs.create_job(s, settings, team_id, request)
     assert created
     return job
@@ -185,21 +185,36 @@ def test_too_few_gpus_in_the_pool_is_no_memory_refusal(db_session, settings, roo
     [
         (GPT2, {}, "model_type 'gpt2'"),
         (None, {}, "has no config.json"),
-        (LLAMA3_8B, {"method": {"type": "dpo"}}, "DPO"),
         (LLAMA3_8B, {"resources": {"gpus": 0}}, "CPU slot"),
     ],
 )
 def test_unknown_or_not_applicable_plans_never_refuse(db_session, settings, root, team_file, config, body, reason):
     gpu_worker(db_session, "fit-small", 8.0)
     model = model_dir(root, f"m-{secrets.token_hex(3)}", config)
-    if body.get("method"):
-        db_session.get(File, team_file[1]).columns = ["input", "preferred_output", "non_preferred_output"]
-        body = {**body, "template": {}}
     team_id, file_id = team_file
     request = JobCreateRequest(model=str(model), training_file=file_id, **{"template": TEMPLATE, **body})
     job, _ = jobs.create_job(db_session, settings, team_id, request)
     assert job.plan["status"] in ("unknown", "not_applicable") and reason in job.plan["reason"]
     assert job.planned_gpu_memory_gb is None
+
+
+def test_a_dpo_job_is_planned_by_whole_pairs(db_session, settings, root, team_file):
+    """A pair is a chosen and a rejected row in one forward: the memory of two rows."""
+    gpu_worker(db_session, "fit-4090", 24.0)
+    model = model_dir(root, "llama-8b-dpo", LLAMA3_8B)
+    db_session.get(File, team_file[1]).columns = ["input", "preferred_output", "non_preferred_output"]
+    dpo = {"method": {"type": "dpo"}, "template": {}}
+    job = create(db_session, settings, team_file, model, hyperparameters={"max_seq_length": 2048}, **dpo)
+    spec = JobSpec.model_validate(job.spec)
+    pair = estimate(shape_from_config_dict(LLAMA3_8B), fit.training_setup(spec), micro_batch_size=2,
+                    max_seq_length=2048, gradient_checkpointing=True)
+    assert job.plan["status"] == "planned" and job.planned_gpu_memory_gb == pytest.approx(pair.required / GiB, abs=0.01)
+    (kind,) = job.plan["gpus"]
+    assert kind["fits"] and kind["micro_batch_size"] * kind["gradient_accumulation_steps"] == 4  # pairs
+    assert kind["micro_batch_tokens"] == kind["micro_batch_size"] * 2 * 2048
+    with pytest.raises(InvalidRequest) as refused:  # one pair at 4096 is more than 24 GiB
+        create(db_session, settings, team_file, model, hyperparameters={"max_seq_length": 4096}, **dpo)
+    assert refused.value.code == "does_not_fit" and "max_seq_length 4096" in str(refused.value)
 
 
 # --- throughput and the dry run's plan ---------------------------------------------------------
