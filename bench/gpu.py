@@ -129,8 +129,10 @@ def trl_best_overrides(needs_checkpointing: bool) -> dict:
     """Stock TRL's fastest settings that work on this host."""
     import importlib.util
 
+    from core.training.kernels import liger_installed
+
     flash = importlib.util.find_spec("flash_attn") is not None
-    liger = importlib.util.find_spec("liger_kernel") is not None
+    liger = liger_installed()
     return {"padding_free": flash, "use_liger_kernel": liger, "gradient_checkpointing": needs_checkpointing}
 
 

@@ -44,7 +44,8 @@ _guard = threading.Lock()
 
 
 def is_local(model: str) -> bool:
-    """The rule of core.services.jobs.check_model: a path-like model is a local directory."""
+    """A path-like model names a local directory (checked against the model roots by
+    core.services.jobs.check_model); anything else is a hub id."""
     return model.startswith(("/", "~", ".")) or "\\" in model or model.startswith("file:")
 
 

@@ -13,7 +13,8 @@ what the API knows before any worker is involved:
 
 From that, at create and at validate (`plan_job`):
 
-- `planned_gpu_memory_gb`: what one GPU needs at the smallest micro-batch (one row, with
+- `planned_gpu_memory_gb`: what one GPU needs at the smallest micro-batch (one row, a pair
+  for DPO, with
   gradient checkpointing unless the job turned it off). It depends on the job alone, not on
   the pool, so it is stored on the job and the scheduler never places the job on a GPU worker
   with less (core.services.planner.job_fits). Units are those of `Worker.gpu_memory_gb`: GiB
@@ -43,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.errors import InvalidRequest
-from core.memory_plan import GiB, DoesNotFit, FitPlan, ModelShape, TrainingSetup, UnsupportedModel, estimate, plan_fit, setup_for_spec, shape_from_config_dict
+from core.memory_plan import GiB, DoesNotFit, FitPlan, TrainingSetup, UnsupportedModel, estimate, plan_fit, setup_for_spec, shape_from_config_dict
 from core.model_config import model_config
 from core.models import Job, Worker, utcnow
 from core.services.planner import is_live
@@ -66,11 +67,10 @@ class GpuKind:
 @dataclass
 class JobFit:
     """The plan of one job. `status`: "planned" (the shape is known), "unknown" (`reason` says
-    why: no config, not a Llama-family decoder, DPO), or "not_applicable" (a CPU job)."""
+    why: no config, not a Llama-family decoder), or "not_applicable" (a CPU job)."""
 
     status: str
     reason: str | None = None
-    shape: ModelShape | None = None
     needed_bytes: int | None = None
     kinds: list[tuple[GpuKind, FitPlan | DoesNotFit]] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
@@ -115,7 +115,7 @@ def plan_job(session: Session, settings: Settings, spec: JobSpec, now: datetime 
     rows = 2 if spec.method.type == "dpo" else 1  # a DPO pair is a chosen and a rejected row in one forward
     smallest = estimate(shape, setup, micro_batch_size=rows, max_seq_length=hp.max_seq_length,
                         gradient_checkpointing=ckpt is not False)
-    fit = JobFit("planned", shape=shape, needed_bytes=smallest.required, summary={
+    fit = JobFit("planned", needed_bytes=smallest.required, summary={
         "model_type": found.config.get("model_type"),
         "parameters": shape.total_params,
         "max_seq_length": hp.max_seq_length,

@@ -22,6 +22,7 @@ from core.datafiles import detect_format, validation_rows
 from core.errors import Conflict, IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
 from core.hubdata import REVISION, parse_hub_ref
 from core.jobrequest import JobCreateRequest
+from core.model_config import is_local
 from core.models import Checkpoint, File, Job, JobEvent, Team
 from core.services import fit, series
 from core.services.files import get_file
@@ -48,7 +49,7 @@ def check_model(settings: Settings, model: str, revision: str | None = None) -> 
     Paths are resolved (symlinks, `..`) before the root check, so a link inside a root that
     points elsewhere is refused like the outside path itself.
     """
-    if model.startswith(("/", "~", ".")) or "\\" in model or model.startswith("file:"):
+    if is_local(model):
         if revision is not None:
             raise InvalidRequest("revision applies to hub models only, not to a local directory", param="revision")
         try:  # `~nobody/x` cannot be expanded (RuntimeError), a NUL cannot name a path (ValueError)

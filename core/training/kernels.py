@@ -15,6 +15,7 @@ by chunk from the hidden states and the head weight, never holding the logits.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -28,10 +29,16 @@ log = logging.getLogger(__name__)
 PATCHES = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
 
 
+@functools.cache
+def liger_installed() -> bool:
+    """The `gpu` extra is installed (looked up once: the loss asks on every training step)."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def liger_enabled(device: str | torch.device | None = None) -> bool:
     """True when the fused kernels run: a CUDA device and the `gpu` extra installed."""
     on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    return on_cuda and torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    return on_cuda and torch.cuda.is_available() and liger_installed()
 
 
 def apply_kernels(model) -> list[str]:

@@ -144,7 +144,7 @@ def run(
         del trainer, callback
         _free_memory(model)
         plan, resume = _after_out_of_memory(
-            spec, plan, failed, world_size(), checkpoints, resumed_from, model, initial, reporter, main
+            spec, plan, failed, world_size(), checkpoints, metrics_path, resumed_from, model, initial, reporter, main
         )
         trainer, callback = build(plan)
 
@@ -189,7 +189,9 @@ def run(
 def labelled_share(examples) -> float:
     """The largest share of labelled tokens in any one training row: a bound on the share in
     any micro-batch (padded or packed), which sizes the head in the memory plan."""
-    return max((sum(1 for x in e.labels if x != -100) / max(len(e.input_ids), 1) for e in examples), default=1.0)
+    from core.training.encoding import IGNORE_INDEX
+
+    return max((sum(1 for x in e.labels if x != IGNORE_INDEX) / max(len(e.input_ids), 1) for e in examples), default=1.0)
 
 
 def torch_out_of_memory() -> type[BaseException]:
@@ -217,7 +219,7 @@ def _trainable_state(model) -> dict:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _after_out_of_memory(spec, plan, failed, ranks, checkpoints, started_from, model, initial, reporter, main):
+def _after_out_of_memory(spec, plan, failed, ranks, checkpoints, metrics_path, started_from, model, initial, reporter, main):
     """DESIGN: "A CUDA out-of-memory during training is not a failure". The attempt goes on
     from its newest checkpoint (or from the start) with half the micro-batch, accumulation
     doubled (the same effective batch, so the same trajectory) and checkpointing on, once;
@@ -243,7 +245,6 @@ def _after_out_of_memory(spec, plan, failed, ranks, checkpoints, started_from, m
     # The newest checkpoint of this spec: written by this attempt, or the one it started from.
     found = [c for c in (newest_checkpoint(checkpoints, spec.hash()), started_from) if c is not None]
     resume = max(found, key=lambda c: checkpoint_step(c, spec.hash())) if found else None
-    metrics_path = checkpoints.parent / "metrics.jsonl"
     if resume is not None:
         if main:
             trim_metrics(metrics_path, checkpoint_step(resume, spec.hash()))

@@ -11,7 +11,7 @@ import pytest
 from core.spec import JobSpec
 from core.training.pipeline import run
 from tests.training.conftest import PAIRS
-from tests.training.test_pipeline import RecordingReporter
+from tests.training.test_pipeline import RecordingReporter, pause_at
 
 
 @pytest.fixture(scope="session")
@@ -99,13 +99,7 @@ def test_dpo_pause_then_resume_same_trajectory(tiny_model_dir, pairs_file, tmp_p
     onto the same losses and rewards as an uninterrupted run."""
     spec = dpo_spec(tiny_model_dir, pairs_file, n_epochs=3, checkpoint_every_steps=2)
     spec = spec.model_copy(update={"validation_file": None})
-    calls = {"n": 0}
-
-    def pause_after_3():
-        calls["n"] += 1
-        return "pause" if calls["n"] == 3 else None
-
-    first = run(spec, tmp_path, should_stop=pause_after_3)
+    first = run(spec, tmp_path, should_stop=pause_at(3))
     assert first.status == "paused" and first.global_step == 3
     assert (tmp_path / "checkpoints" / "checkpoint-3" / "tuneforge.json").exists()
     rep = RecordingReporter()

@@ -226,7 +226,8 @@ def packed_straight(packed_spec, tmp_path_factory):
 
 def test_paused_packed_run_resumes_onto_the_uninterrupted_adapter(packed_spec, packed_straight, tmp_path):
     from core.training.pipeline import run
-    from tests.training.test_precision import _adapter, _losses, pause_at
+    from tests.training.test_pipeline import pause_at
+    from tests.training.test_precision import _adapter, _losses
 
     straight, total = packed_straight
     assert total >= 6

@@ -174,15 +174,20 @@ def test_a_checkpoint_at_every_epoch_end_by_default(tiny_model_dir, learn_file, 
     assert 4 in [step for step, _ in rep.checkpoints] and not any("completed_epoch" in m for _, m in rep.checkpoint_metrics)
 
 
-def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path):
-    spec = learn_spec(tiny_model_dir, learn_file, n_epochs=5, checkpoint_every_steps=4)
+def pause_at(k: int):
+    """A `should_stop` that asks for a pause at the k-th optimizer step it is polled at."""
     calls = {"n": 0}
 
-    def pause_after_7():
+    def should_stop():
         calls["n"] += 1
-        return "pause" if calls["n"] == 7 else None
+        return "pause" if calls["n"] == k else None
 
-    first = run(spec, tmp_path, should_stop=pause_after_7)
+    return should_stop
+
+
+def test_pause_then_resume_same_step_count(tiny_model_dir, learn_file, tmp_path):
+    spec = learn_spec(tiny_model_dir, learn_file, n_epochs=5, checkpoint_every_steps=4)
+    first = run(spec, tmp_path, should_stop=pause_at(7))
     assert first.status == "paused" and first.global_step == 7
     assert (tmp_path / "checkpoints" / "checkpoint-7" / "tuneforge.json").exists()
     rep = RecordingReporter()

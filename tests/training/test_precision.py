@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.training.pipeline import run
-from tests.training.test_pipeline import learn_spec
+from tests.training.test_pipeline import learn_spec, pause_at
 
 
 def _trainer(tiny_model_dir, learn_file, tmp_path, **hp):
@@ -114,17 +114,6 @@ def straight_run(resume_spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
     assert run(resume_spec, out).global_step == 6
     return out
-
-
-def pause_at(k: int):
-    """A `should_stop` that asks for a pause at the k-th optimizer step it is polled at."""
-    calls = {"n": 0}
-
-    def should_stop():
-        calls["n"] += 1
-        return "pause" if calls["n"] == k else None
-
-    return should_stop
 
 
 @pytest.mark.parametrize("k", [1, 3], ids=["in-first-epoch", "across-epoch-boundary"])
