@@ -269,7 +269,7 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainingSetup, seq_len: int
     y1 = max(F, S)
     q = linear("q_proj", "y1", y1, h)
     k = linear("k_proj", "y1", y1, h)
-    v = linear("v_proj", "y1", y1, h)
+    linear("v_proj", "y1", y1, h)  # what it keeps; its output only reaches SDPA as sdpa_v (in B)
     q = max(q, S)  # RoPE multiplies by cos/sin in the stream's dtype
     k = max(k, S)
     kv_width = nq if setup.attention_mask else nkv  # repeat_kv without the GQA fast path
